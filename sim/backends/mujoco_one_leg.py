@@ -1,0 +1,336 @@
+"""The embedded one_leg environment on MuJoCo (CPU), gymnasium API.
+
+One env = one MjModel + MjData (the thread toggles per-env model fields, so models are
+not shared). A control step: action (base frame) -> workspace clip -> IK (Python, once)
+-> joint targets interpolated over `interp_chunks` slices of `mj_step(nstep=...)` (C)
+-> thread engagement check -> observation.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+
+from data.rotation import matrix_to_rot6d, quat_to_matrix, rot6d_to_matrix
+from data.schema import RGB_PREFIX, ActionSchema, ObsSchema
+from sim.config import EnvConfig
+from sim.control.ik import DifferentialIK
+from sim.tasks.one_leg import geometry as G
+from sim.tasks.one_leg import scene as S
+from sim.tasks.one_leg import task as T
+from sim.tasks.one_leg.thread import ThreadModel
+
+log = logging.getLogger(__name__)
+
+HOME_POS_BASE = np.array([0.45, 0.0, 0.20])  # TCP above the workspace, robot base frame
+# TCP frame with the hand pointing down (site z = world -z) and the fingers closing along
+# the site x axis = world y.
+HAND_DOWN_ROT = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, -1.0]])
+REST_Q = np.array([0.0, 0.2, 0.0, -2.2, 0.0, 2.4, 0.785])
+# Extra IK seeds: hand pitched toward the base (low, near), hand down reaching far.
+IK_SEEDS = (np.array([0.2, 1.1, 0.2, -1.4, 0.0, 0.9, 0.9]), np.array([0.0, 0.6, 0.0, -1.8, 0.0, 2.4, 0.785]))
+
+
+class OneLegMujocoEnv(gym.Env):
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+
+    def __init__(self, cfg: EnvConfig | None = None, render_mode: str | None = "rgb_array"):
+        self.cfg = cfg = cfg or EnvConfig()
+        if cfg.task != "one_leg":
+            raise ValueError(f"the mujoco backend implements task 'one_leg', not '{cfg.task}'")
+        if cfg.obs_mode not in ("state", "pixel"):
+            raise ValueError(f"obs_mode must be 'state' or 'pixel', got '{cfg.obs_mode}'")
+        if cfg.randomness not in T.RANDOMNESS:
+            raise ValueError(f"unknown randomness '{cfg.randomness}'; choose from {sorted(T.RANDOMNESS)}")
+        self.render_mode = render_mode
+        rc = cfg.render
+        opts = S.SceneOptions(
+            timestep=cfg.timestep,
+            image_hw=tuple(rc.image_hw),
+            top_visual_faces=rc.top_visual_faces if rc.low_poly else None,
+            leg_visual_faces=rc.leg_visual_faces if rc.low_poly else None,
+        )
+        self.model = mujoco.MjModel.from_xml_string(S.build_xml(opts))
+        self.data = mujoco.MjData(self.model)
+        self.substeps = cfg.substeps
+        m = self.model
+        self.arm_qadr = np.array([m.jnt_qposadr[m.joint(n).id] for n in S.ARM_JOINTS])
+        self.arm_dadr = np.array([m.jnt_dofadr[m.joint(n).id] for n in S.ARM_JOINTS])
+        self.finger_qadr = np.array([m.jnt_qposadr[m.joint(n).id] for n in S.FINGER_JOINTS])
+        self.ee_site = m.site(S.EE_SITE).id
+        self.top_qadr = m.jnt_qposadr[m.joint("top_free").id]
+        self.leg_qadr = m.jnt_qposadr[m.joint("leg_free").id]
+        self.top_id, self.leg_id = m.body("top").id, m.body("leg").id
+        self.base_pos = G.ROBOT_BASE_POS.copy()
+        self.ik = DifferentialIK(m, S.ARM_JOINTS, S.EE_SITE, REST_Q, cfg.ik, seeds=IK_SEEDS)
+        self.thread = ThreadModel(m, self.data, cfg.thread)
+        self.home_q = self._solve_home()
+        self.obs_schema = ObsSchema(
+            cameras=tuple(rc.cameras) if cfg.obs_mode == "pixel" else (),
+            image_hw=tuple(rc.image_hw),
+            include_joints=cfg.include_joints,
+            include_parts=cfg.include_parts,
+            n_parts=2,
+        )
+        self.action_schema = ActionSchema(control_hz=cfg.control_hz)
+        self.observation_space = self._make_obs_space()
+        lo = np.array([*cfg.workspace_low, *[-1.0] * 6, 0.0], dtype=np.float32)
+        hi = np.array([*cfg.workspace_high, *[1.0] * 6, cfg.gripper_max_width], dtype=np.float32)
+        self.action_space = gym.spaces.Box(lo, hi, dtype=np.float32)
+        self._renderer = None
+        self._video_renderer = None
+        self._nominal_vis = None
+        self._rng = np.random.default_rng()
+        self._q_target = self.home_q.copy()
+        self.steps = 0
+        self.timings = {"physics": 0.0, "ik": 0.0, "render": 0.0, "thread": 0.0}
+
+    # --- setup -------------------------------------------------------------------------
+    def _solve_home(self) -> np.ndarray:
+        q, err = self.ik.solve(HOME_POS_BASE + self.base_pos, HAND_DOWN_ROT, REST_Q)
+        for _ in range(5):
+            q, err = self.ik.solve(HOME_POS_BASE + self.base_pos, HAND_DOWN_ROT, q)
+        if err > 1e-3:
+            raise RuntimeError(f"home pose IK did not converge (error {err:.4f})")
+        return q
+
+    def _make_obs_space(self) -> gym.spaces.Dict:
+        spaces = {}
+        for key, spec in self.obs_schema.specs().items():
+            if spec.dtype == "uint8":
+                spaces[key] = gym.spaces.Box(0, 255, spec.shape, np.uint8)
+            else:
+                spaces[key] = gym.spaces.Box(-np.inf, np.inf, spec.shape, np.float32)
+        return gym.spaces.Dict(spaces)
+
+    @property
+    def renderer(self):
+        if self._renderer is None and self.obs_schema.cameras:
+            from sim.render import CameraRenderer
+
+            self._renderer = CameraRenderer(self.model, self.obs_schema.cameras, self.obs_schema.image_hw,
+                                            self.cfg.render.low_poly)
+        return self._renderer
+
+    # --- poses ---------------------------------------------------------------------------
+    def body_pose(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        bid = self.model.body(name).id
+        return self.data.xpos[bid].copy(), self.data.xmat[bid].reshape(3, 3).copy()
+
+    def ee_pose_world(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.data.site_xpos[self.ee_site].copy(), self.data.site_xmat[self.ee_site].reshape(3, 3).copy()
+
+    def gripper_width(self) -> float:
+        q = self.data.qpos[self.finger_qadr]
+        return float(q[0] - q[1])
+
+    def set_part_pose(self, part: str, pos: np.ndarray, rot: np.ndarray) -> None:
+        """Place 'top' or 'leg' (world frame) and zero its velocity; for tests and scripted setups."""
+        from data.rotation import matrix_to_quat
+
+        adr = {"top": self.top_qadr, "leg": self.leg_qadr}[part]
+        jid = self.model.joint(f"{part}_free").id
+        dadr = self.model.jnt_dofadr[jid]
+        self.data.qpos[adr:adr + 3] = pos
+        self.data.qpos[adr + 3:adr + 7] = matrix_to_quat(np.asarray(rot))
+        self.data.qvel[dadr:dadr + 6] = 0.0
+        mujoco.mj_forward(self.model, self.data)
+
+    def set_arm(self, q: np.ndarray, gripper_width: float | None = None) -> None:
+        """Teleport the arm to joint positions q (and its servo targets), for setups."""
+        self.data.qpos[self.arm_qadr] = q
+        self.data.qvel[self.arm_dadr] = 0.0
+        self.data.ctrl[:7] = q
+        self._q_target = np.asarray(q, dtype=np.float64).copy()
+        if gripper_width is not None:
+            self._set_gripper_ctrl(gripper_width)
+            self.data.qpos[self.finger_qadr] = [gripper_width / 2, -gripper_width / 2]
+        mujoco.mj_forward(self.model, self.data)
+
+    # --- gym API -------------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        if seed is not None:
+            self._rng = np.random.default_rng(seed)
+        mujoco.mj_resetData(self.model, self.data)
+        self.thread.reset()
+        sample = T.sample_reset(self._rng, self.cfg.randomness)
+        q0 = np.clip(self.home_q + sample.joint_noise, self.ik.lower, self.ik.upper)
+        self.set_arm(q0, gripper_width=self.cfg.gripper_max_width)
+        self.set_part_pose("top", sample.top_pos, sample.top_rot)
+        self.set_part_pose("leg", sample.leg_pos, sample.leg_rot)
+        self._randomize_visuals()
+        mujoco.mj_step(self.model, self.data, nstep=self.substeps)  # let contacts settle
+        mujoco.mj_forward(self.model, self.data)
+        self.steps = 0
+        obs = self._observe()
+        return obs, self._info(success=False)
+
+    def step(self, action: np.ndarray):
+        action = np.asarray(action, dtype=np.float64)
+        if action.shape != (10,):
+            raise ValueError(f"action must have shape (10,), got {action.shape}")
+        if not np.all(np.isfinite(action)):
+            raise ValueError(f"action contains NaN/Inf: {action}")
+        t0 = time.perf_counter()
+        pos_w, rot_w, width = self._clip_action(action)
+        q_goal, ik_err = self.ik.solve(pos_w, rot_w, self._q_target)
+        t1 = time.perf_counter()
+        self._set_gripper_ctrl(width)
+        q_start = self._q_target
+        n = max(1, self.cfg.interp_chunks)
+        per_chunk = self.substeps // n
+        for i in range(n):
+            alpha = (i + 1) / n
+            self.data.ctrl[:7] = q_start + alpha * (q_goal - q_start)
+            nstep = per_chunk if i < n - 1 else self.substeps - per_chunk * (n - 1)
+            mujoco.mj_step(self.model, self.data, nstep=nstep)
+        self._q_target = q_goal
+        t2 = time.perf_counter()
+        self.thread.update()
+        if self.thread.engaged_hole >= 0:
+            mujoco.mj_forward(self.model, self.data)
+        t3 = time.perf_counter()
+        self.steps += 1
+        if not np.all(np.isfinite(self.data.qpos)):
+            raise FloatingPointError("simulation diverged (NaN in qpos)")
+        success = self.is_success()
+        obs = self._observe()
+        reward = self._reward(success)
+        terminated = bool(success and self.cfg.terminate_on_success)
+        truncated = bool(self.steps >= self.cfg.max_episode_steps and not terminated)
+        self.timings["ik"] += t1 - t0
+        self.timings["physics"] += t2 - t1
+        self.timings["thread"] += t3 - t2
+        info = self._info(success)
+        info["ik_error"] = ik_err
+        return obs, reward, terminated, truncated, info
+
+    def _clip_action(self, action: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        cfg = self.cfg
+        pos_b = np.clip(action[:3], cfg.workspace_low, cfg.workspace_high)
+        ee_b = self.data.site_xpos[self.ee_site] - self.base_pos
+        delta = pos_b - ee_b
+        dist = np.linalg.norm(delta)
+        if dist > cfg.max_pos_step:
+            pos_b = ee_b + delta * (cfg.max_pos_step / dist)
+        rot = rot6d_to_matrix(action[3:9])
+        width = float(np.clip(action[9], 0.0, cfg.gripper_max_width))
+        return pos_b + self.base_pos, rot, width
+
+    def _set_gripper_ctrl(self, width: float) -> None:
+        half = float(np.clip(width / 2, 0.0, 0.04))
+        self.data.ctrl[7] = half
+        self.data.ctrl[8] = -half
+
+    # --- observation / reward ----------------------------------------------------------
+    def state_vector(self) -> np.ndarray:
+        pos, rot = self.ee_pose_world()
+        parts = [pos - self.base_pos, matrix_to_rot6d(rot), [self.gripper_width()]]
+        if self.cfg.include_joints:
+            parts.append(self.data.qpos[self.arm_qadr])
+        return np.concatenate(parts).astype(np.float32)
+
+    def parts_vector(self) -> np.ndarray:
+        out = []
+        for name in ("top", "leg"):
+            pos, rot = self.body_pose(name)
+            out += [pos - self.base_pos, matrix_to_rot6d(rot)]
+        return np.concatenate(out).astype(np.float32)
+
+    def _observe(self) -> dict[str, np.ndarray]:
+        obs = {"state": self.state_vector()}
+        if self.cfg.include_parts:
+            obs["parts"] = self.parts_vector()
+        if self.obs_schema.cameras:
+            t = time.perf_counter()
+            for cam in self.obs_schema.cameras:
+                obs[RGB_PREFIX + cam] = self.renderer.render(self.data, cam).copy()
+            self.timings["render"] += time.perf_counter() - t
+        return obs
+
+    def is_success(self) -> bool:
+        if self.thread.engaged_hole < 0:
+            return False
+        tp, tr = self.body_pose("top")
+        lp, lr = self.body_pose("leg")
+        return T.is_success(tp, tr, lp, lr, self.cfg.success)
+
+    def assembly_error(self) -> tuple[float, float, int]:
+        tp, tr = self.body_pose("top")
+        lp, lr = self.body_pose("leg")
+        return T.assembly_error(tp, tr, lp, lr)
+
+    def _reward(self, success: bool) -> float:
+        if self.cfg.reward == "sparse":
+            return 1.0 if success else 0.0
+        if self.cfg.reward != "dense":
+            raise ValueError(f"reward must be 'sparse' or 'dense', got '{self.cfg.reward}'")
+        tp, tr = self.body_pose("top")
+        lp, lr = self.body_pose("leg")
+        h = self.thread.engaged_hole
+        slide = self.thread.slide(h) if h >= 0 else G.THREAD_TRAVEL
+        return T.dense_reward(tp, tr, lp, lr, self.ee_pose_world()[0], h >= 0, slide, success)
+
+    def _info(self, success: bool) -> dict[str, Any]:
+        h = self.thread.engaged_hole
+        return {
+            "success": bool(success),
+            "engaged": h >= 0,
+            "thread_depth": self.thread.slide(h) if h >= 0 else float("nan"),
+            "steps": self.steps,
+        }
+
+    # --- rendering / visual randomisation ----------------------------------------------
+    def render(self, camera: str = "front", image_hw: tuple[int, int] = (240, 320)) -> np.ndarray:
+        """A larger frame for videos (not a policy observation)."""
+        from sim.render import CameraRenderer
+
+        if self._video_renderer is None or self._video_renderer.renderer.height != image_hw[0]:
+            if self._video_renderer is not None:
+                self._video_renderer.close()
+            self._video_renderer = CameraRenderer(self.model, S.CAMERAS, image_hw, self.cfg.render.low_poly)
+        return self._video_renderer.render(self.data, camera).copy()
+
+    def _randomize_visuals(self) -> None:
+        vr = self.cfg.visual_randomization
+        m = self.model
+        if self._nominal_vis is None:
+            self._nominal_vis = dict(
+                rgba=m.geom_rgba.copy(), light_diffuse=m.light_diffuse.copy(), light_dir=m.light_dir.copy(),
+                cam_pos=m.cam_pos.copy(), cam_quat=m.cam_quat.copy(),
+            )
+        nom = self._nominal_vis
+        m.geom_rgba[:] = nom["rgba"]
+        m.light_diffuse[:] = nom["light_diffuse"]
+        m.light_dir[:] = nom["light_dir"]
+        m.cam_pos[:] = nom["cam_pos"]
+        m.cam_quat[:] = nom["cam_quat"]
+        rng = self._rng
+        if vr.lighting:
+            m.light_diffuse[:] = np.clip(nom["light_diffuse"] * rng.uniform(0.5, 1.5), 0, 1)
+            d = nom["light_dir"] + rng.uniform(-0.3, 0.3, nom["light_dir"].shape)
+            m.light_dir[:] = d / np.linalg.norm(d, axis=-1, keepdims=True)
+        if vr.colors:
+            for name in ("table", "floor", "obstacle_front", "obstacle_side0", "obstacle_side1", "top_visual",
+                         "leg_visual"):
+                g = m.geom(name).id
+                m.geom_rgba[g, :3] = np.clip(nom["rgba"][g, :3] + rng.uniform(-0.15, 0.15, 3), 0, 1)
+        if vr.camera_jitter_pos > 0 or vr.camera_jitter_deg > 0:
+            from data.rotation import axis_angle_to_matrix, matrix_to_quat
+
+            c = m.camera("front").id
+            m.cam_pos[c] = nom["cam_pos"][c] + rng.uniform(-vr.camera_jitter_pos, vr.camera_jitter_pos, 3)
+            axis = rng.normal(size=3)
+            jitter = axis_angle_to_matrix(axis, np.radians(rng.uniform(0, vr.camera_jitter_deg)))
+            m.cam_quat[c] = matrix_to_quat(jitter @ quat_to_matrix(nom["cam_quat"][c]))
+
+    def close(self) -> None:
+        for r in (self._renderer, self._video_renderer):
+            if r is not None:
+                r.close()
+        self._renderer = self._video_renderer = None

@@ -1,0 +1,76 @@
+"""Environment configuration shared by every backend (filled from Hydra's `env`/`sim`/`task`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, Mapping
+
+from sim.control.ik import IKConfig
+from sim.tasks.one_leg.task import SuccessConfig
+from sim.tasks.one_leg.thread import ThreadConfig
+
+
+@dataclass
+class RenderConfig:
+    cameras: tuple[str, ...] = ("front", "wrist")
+    image_hw: tuple[int, int] = (96, 96)
+    low_poly: bool = True  # decimated part meshes, robot drawn with its collision meshes
+    top_visual_faces: int = 1500
+    leg_visual_faces: int = 800
+
+
+@dataclass
+class VisualRandomization:
+    lighting: bool = False
+    colors: bool = False
+    camera_jitter_pos: float = 0.0  # m, uniform +- on the front camera position
+    camera_jitter_deg: float = 0.0  # deg, random rotation of the front camera
+
+
+@dataclass
+class EnvConfig:
+    task: str = "one_leg"
+    obs_mode: str = "state"  # "state" | "pixel" (pixel adds rgb/<camera>)
+    randomness: str = "low"
+    max_episode_steps: int = 700
+    control_hz: float = 10.0
+    timestep: float = 0.005
+    interp_chunks: int = 4  # joint targets are interpolated over this many slices of a control step
+    reward: str = "sparse"  # "sparse" | "dense"
+    terminate_on_success: bool = True
+    include_joints: bool = False
+    include_parts: bool = True
+    max_pos_step: float = 0.10  # m, EE target clipped to this distance from the current EE
+    workspace_low: tuple[float, float, float] = (0.3, -0.55, -0.02)  # robot base frame
+    workspace_high: tuple[float, float, float] = (0.8, 0.55, 0.4)
+    gripper_max_width: float = 0.08
+    render: RenderConfig = field(default_factory=RenderConfig)
+    visual_randomization: VisualRandomization = field(default_factory=VisualRandomization)
+    ik: IKConfig = field(default_factory=IKConfig)
+    thread: ThreadConfig = field(default_factory=ThreadConfig)
+    success: SuccessConfig = field(default_factory=SuccessConfig)
+
+    @property
+    def substeps(self) -> int:
+        n = round(1.0 / (self.control_hz * self.timestep))
+        if abs(n * self.timestep * self.control_hz - 1.0) > 1e-6:
+            raise ValueError(f"timestep {self.timestep} does not divide the control period 1/{self.control_hz}")
+        return n
+
+
+def from_mapping(cls, data: Mapping[str, Any] | None):
+    """Build a (nested) dataclass from a plain mapping, rejecting unknown keys (typos)."""
+    data = dict(data or {})
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise KeyError(f"unknown {cls.__name__} keys: {unknown}; known: {sorted(known)}")
+    kwargs = {}
+    for name, value in data.items():
+        default = getattr(cls(), name)
+        if is_dataclass(default) and isinstance(value, Mapping):
+            kwargs[name] = from_mapping(type(default), value)
+        elif isinstance(default, tuple) and value is not None:
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)

@@ -1,0 +1,1 @@
+"""Controllers that turn absolute EE pose targets into joint targets."""

@@ -1,0 +1,1 @@
+"""Scripted experts on privileged state (demos for pretraining, sanity checks)."""

@@ -1,0 +1,1 @@
+"""Task definitions (scene + reset distribution + success)."""
