@@ -10,10 +10,24 @@ import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
+import atexit  # noqa: E402
+import weakref  # noqa: E402
+
 import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 
 from sim.tasks.one_leg.scene import GROUP_PART_VIS, GROUP_ROBOT_COL, GROUP_ROBOT_VIS  # noqa: E402
+
+
+_LIVE: "weakref.WeakSet[CameraRenderer]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    # Free GL contexts while the GL library is still loaded; otherwise EGL's destructors
+    # run during interpreter teardown and print spurious errors.
+    for r in list(_LIVE):
+        r.close()
 
 
 class CameraRenderer:
@@ -33,6 +47,8 @@ class CameraRenderer:
         groups[GROUP_ROBOT_COL if low_poly else GROUP_ROBOT_VIS] = 1
         self.option.geomgroup[:] = groups
         self.option.sitegroup[:] = 0  # robosuite's grip-site markers are not part of the scene
+        self._closed = False
+        _LIVE.add(self)
 
     def render(self, data: mujoco.MjData, camera: str, out: np.ndarray | None = None) -> np.ndarray:
         self.renderer.update_scene(data, camera=camera, scene_option=self.option)
@@ -43,4 +59,6 @@ class CameraRenderer:
         return self.renderer.render(out=out)
 
     def close(self) -> None:
-        self.renderer.close()
+        if not self._closed:
+            self._closed = True
+            self.renderer.close()

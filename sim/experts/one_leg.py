@@ -407,3 +407,25 @@ class OneLegExpert:
         if d < 0.01 or self.t_phase > 4:
             self._next("twist_grasp")
         return a
+
+
+class ExpertPool:
+    """One expert per env of a vector env; acts on batched observations."""
+
+    def __init__(self, n_envs: int, cfg: ExpertConfig = ExpertConfig(), seed: int = 0):
+        self.experts = [OneLegExpert(cfg) for _ in range(n_envs)]
+        self.seed = seed
+        self.episode = np.zeros(n_envs, dtype=np.int64)
+        for i in range(n_envs):
+            self.reset(i)
+
+    def reset(self, i: int) -> None:
+        """Start env i's next episode with noise seeded by (pool seed, env, episode index)."""
+        seq = np.random.SeedSequence([self.seed, i, int(self.episode[i])])
+        self.experts[i].reset(int(seq.generate_state(1)[0]))
+        self.episode[i] += 1
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        n = len(self.experts)
+        return np.stack([self.experts[i].act({"state": obs["state"][i], "parts": obs["parts"][i]})
+                         for i in range(n)])

@@ -73,9 +73,28 @@ def _sub(parent: ET.Element, tag: str, **attrs) -> ET.Element:
     return ET.SubElement(parent, tag, {k: (v if isinstance(v, str) else _fmt(v)) for k, v in attrs.items()})
 
 
+def quiet_robosuite_import() -> None:
+    """Import robosuite without its import-time warnings (private macro file, optional robots).
+
+    They are advice for robosuite's own users and would otherwise greet every run here.
+    """
+    import logging
+
+    logger = logging.getLogger("robosuite_logs")
+
+    def below_error(record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
+
+    logger.addFilter(below_error)
+    try:
+        import robosuite  # noqa: F401
+    finally:
+        logger.removeFilter(below_error)
+
+
 def _robot_model():
     try:
-        import robosuite.macros  # noqa: F401  (silences nothing but fails early if missing)
+        quiet_robosuite_import()
         from robosuite.models.grippers import PandaGripper
         from robosuite.models.robots import Panda
     except ImportError as e:  # pragma: no cover - robosuite is a core dependency

@@ -1,0 +1,1 @@
+"""Hardware: RealSense cameras, franky robot, safety, controller (later issues)."""

@@ -1,0 +1,122 @@
+"""Physics sanity of the embedded one_leg: resting, grasping, screwing, and not screwing."""
+import numpy as np
+import pytest
+
+from data.rotation import rot_z
+from data.schema import make_action
+from sim.experts.one_leg import BASE, OneLegExpert, hand_down
+from sim.tasks.one_leg import geometry as G
+from tests.conftest import hold_action
+
+
+
+def upright(yaw: float) -> np.ndarray:
+    r = np.array([[1.0, 0, 0], [0, 0, -1.0], [0, 1.0, 0]])  # +90 deg about x: y -> z
+    return rot_z(yaw) @ r
+
+
+def hole_world(env, k: int = 0):
+    tp, tr = env.body_pose("top")
+    return tp + tr @ G.hole_centres_local()[k], tr
+
+
+def test_leg_falls_onto_table_and_rests(env):
+    obs, _ = env.reset(seed=0)
+    env.set_part_pose("leg", np.array([0.05, 0.2, G.TABLE_Z + 0.06]), G.LEG_REST_ROT)
+    for _ in range(15):
+        obs, *_ = env.step(hold_action(obs))
+    pos, rot = env.body_pose("leg")
+    assert abs(pos[2] - (G.TABLE_Z + G.LEG_HALF_XZ)) < 0.001  # lying on a face
+    assert abs(rot[:, 1] @ np.array([0, 0, 1.0])) < 0.02  # axis horizontal
+    v = env.data.qvel[env.model.jnt_dofadr[env.model.joint("leg_free").id]:][:6]
+    assert np.linalg.norm(v[:3]) < 1e-3
+
+
+def _move(env, obs, pos, rot, width, steps):
+    for _ in range(steps):
+        obs, *_ = env.step(make_action(pos - BASE, rot, width))
+    return obs
+
+
+def test_gripper_grasps_and_lifts_leg(env):
+    obs, _ = env.reset(seed=0)
+    pos, rot = env.body_pose("leg")
+    axis = rot[:, 1]
+    rot_hand = hand_down(np.arctan2(axis[1], axis[0]) + np.pi / 2)
+    obs = _move(env, obs, pos + [0, 0, 0.08], rot_hand, 0.065, 15)
+    obs = _move(env, obs, pos, rot_hand, 0.065, 10)
+    obs = _move(env, obs, pos, rot_hand, 0.0, 5)
+    assert 0.027 < env.gripper_width() < 0.031  # fingers stopped by the 30 mm leg
+    obs = _move(env, obs, pos + [0, 0, 0.10], rot_hand, 0.0, 15)
+    new_pos, _ = env.body_pose("leg")
+    assert new_pos[2] - pos[2] > 0.09
+    assert np.linalg.norm(new_pos - env.ee_pose_world()[0]) < 0.02
+
+
+def _screw_from_rim(env, offset: np.ndarray, steps: int, seed: int = 0):
+    """Top in its corner, leg upright over hole 0 (+offset), expert's twist strokes."""
+    obs, _ = env.reset(seed=seed)
+    env.set_part_pose("top", G.TOP_CORNER_POS, G.TOP_REST_ROT)
+    hole, top_rot = hole_world(env, 0)
+    up = top_rot[:, 1]
+    leg_pos = hole + up * (G.ENGAGE_HEIGHT + 0.0005) + offset
+    if np.linalg.norm(offset) > 0.012:  # off the hole: the peg stands on the tabletop surface
+        leg_pos = hole + offset + up * (G.TOP_Y_MAX - G.SEATED_Y - G.PEG_Y[0] + 0.0005)
+    env.set_part_pose("leg", leg_pos, upright(0.3))
+    for _ in range(5):
+        obs, *_ = env.step(hold_action(obs))
+    expert = OneLegExpert()
+    expert.reset(seed)
+    expert.phase = "twist_grasp"
+    engaged, success = False, False
+    for _ in range(steps):
+        obs, r, term, trunc, info = env.step(expert.act(obs))
+        engaged |= info["engaged"]
+        if term:
+            success = info["success"]
+            assert r == 1.0
+            break
+    return engaged, success
+
+
+def test_leg_on_hole_screwed_by_controller_reaches_success(env):
+    engaged, success = _screw_from_rim(env, np.zeros(3), steps=400)
+    assert engaged and success
+    pos_err, ang_err, hole = env.assembly_error()
+    assert pos_err < 0.0075 and ang_err < 15.0 and hole == 0
+
+
+def test_leg_two_cm_off_the_hole_never_engages(env):
+    engaged, success = _screw_from_rim(env, np.array([0.02, 0.0, 0.0]), steps=150)
+    assert not engaged and not success
+    pos_err, _, _ = env.assembly_error()
+    assert pos_err > 0.01
+
+
+def test_thread_requires_phase_alignment(env):
+    """Resting on the rim at a wrong thread phase does not engage until twisted into phase."""
+    env.reset(seed=0)
+    env.set_part_pose("top", G.TOP_CORNER_POS, G.TOP_REST_ROT)
+    hole, top_rot = hole_world(env, 0)
+    depth = G.ENGAGE_HEIGHT
+    right_yaw = (2 * np.pi / G.THREAD_PITCH * depth + np.pi) % (2 * np.pi) - np.pi
+    for yaw, expect in ((right_yaw + np.radians(45), False), (right_yaw + np.radians(3), True)):
+        env.thread.reset()
+        # a rotation about the top's +y (hole axis) by `yaw`: world yaw of -yaw for this top
+        env.set_part_pose("leg", hole + top_rot[:, 1] * depth, top_rot @ _rot_y(yaw))
+        env.thread.update()
+        assert (env.thread.engaged_hole == 0) is expect
+
+
+def _rot_y(a):
+    c, s = np.cos(a), np.sin(a)
+    return np.array([[c, 0, s], [0, 1.0, 0], [-s, 0, c]])
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_action_is_rejected(env, bad):
+    obs, _ = env.reset(seed=0)
+    a = hold_action(obs)
+    a[0] = bad
+    with pytest.raises(ValueError, match="NaN"):
+        env.step(a)

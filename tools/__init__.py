@@ -1,0 +1,1 @@
+"""Operator tools: rollouts, demo collection, conversion, benchmarks."""
