@@ -20,14 +20,18 @@ from sim.tasks.one_leg.scene import GROUP_PART_VIS, GROUP_ROBOT_COL, GROUP_ROBOT
 
 
 _LIVE: "weakref.WeakSet[CameraRenderer]" = weakref.WeakSet()
+_HOOKED = False
 
 
-@atexit.register
 def _close_all() -> None:
-    # Free GL contexts while the GL library is still loaded; otherwise EGL's destructors
-    # run during interpreter teardown and print spurious errors.
+    # Free GL contexts while EGL is still initialised; otherwise their destructors run during
+    # interpreter teardown and print spurious EGL errors. Registered after the first renderer
+    # exists, so it runs before mujoco.egl's own atexit hook terminates the display.
     for r in list(_LIVE):
-        r.close()
+        try:
+            r.close()
+        except Exception:  # noqa: BLE001 - best effort at exit
+            pass
 
 
 class CameraRenderer:
@@ -49,6 +53,10 @@ class CameraRenderer:
         self.option.sitegroup[:] = 0  # robosuite's grip-site markers are not part of the scene
         self._closed = False
         _LIVE.add(self)
+        global _HOOKED
+        if not _HOOKED:
+            atexit.register(_close_all)
+            _HOOKED = True
 
     def render(self, data: mujoco.MjData, camera: str, out: np.ndarray | None = None) -> np.ndarray:
         self.renderer.update_scene(data, camera=camera, scene_option=self.option)

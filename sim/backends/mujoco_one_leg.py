@@ -158,6 +158,7 @@ class OneLegMujocoEnv(gym.Env):
             self._rng = np.random.default_rng(seed)
         mujoco.mj_resetData(self.model, self.data)
         self.thread.reset()
+        self.ik.reset()
         sample = T.sample_reset(self._rng, self.cfg.randomness)
         q0 = np.clip(self.home_q + sample.joint_noise, self.ik.lower, self.ik.upper)
         self.set_arm(q0, gripper_width=self.cfg.gripper_max_width)

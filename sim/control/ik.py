@@ -26,6 +26,7 @@ class IKConfig:
     tolerance: float = 1e-4
     fallback_error: float = 0.005  # above this, retry from the seed postures (branch switch)
     fallback_iterations: int = 40
+    fallback_cooldown: int = 5  # control steps without retries after a retry that did not help
 
 
 class DifferentialIK:
@@ -44,6 +45,7 @@ class DifferentialIK:
         # Local DLS follows one IK branch; poses such as "hand pitched toward the base" live
         # on another one, so when the warm start fails we retry from these postures.
         self.seeds = [self.rest_q] + [np.asarray(s, dtype=np.float64) for s in seeds]
+        self._cooldown = 0
         self._jacp = np.zeros((3, model.nv))
         self._jacr = np.zeros((3, model.nv))
 
@@ -58,11 +60,20 @@ class DifferentialIK:
         q, err = self._solve_from(target_pos, target_rot, q_init, self.cfg.iterations)
         if err <= self.cfg.fallback_error:
             return q, err
+        if self._cooldown > 0:  # an unreachable target: do not pay for retries every step
+            self._cooldown -= 1
+            return q, err
+        improved = False
         for seed in self.seeds:
             q2, err2 = self._solve_from(target_pos, target_rot, seed, self.cfg.fallback_iterations)
             if err2 < err - 1e-4:
-                q, err = q2, err2
+                q, err, improved = q2, err2, True
+        if not improved or err > self.cfg.fallback_error:
+            self._cooldown = self.cfg.fallback_cooldown
         return q, err
+
+    def reset(self) -> None:
+        self._cooldown = 0
 
     def _solve_from(self, target_pos, target_rot, q_init, iterations: int) -> tuple[np.ndarray, float]:
         cfg = self.cfg

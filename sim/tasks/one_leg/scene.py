@@ -50,9 +50,9 @@ class SceneOptions:
     image_hw: tuple[int, int] = (96, 96)
     top_visual_faces: int | None = 1500  # None: original meshes
     leg_visual_faces: int | None = 800
-    front_camera_pos: tuple[float, float, float] = (0.85, -0.25, 0.85)
+    front_camera_pos: tuple[float, float, float] = (0.72, -0.22, 0.74)
     front_camera_target: tuple[float, float, float] = (0.18, 0.02, 0.43)
-    camera_fovy: float = 50.0
+    camera_fovy: float = 45.0
 
 
 def _fmt(v) -> str:
