@@ -120,3 +120,28 @@ def test_non_finite_action_is_rejected(env, bad):
     a[0] = bad
     with pytest.raises(ValueError, match="NaN"):
         env.step(a)
+
+
+def test_dense_reward_rises_with_progress_and_is_one_on_success():
+    from sim.backends.mujoco_one_leg import OneLegMujocoEnv
+    from sim.config import EnvConfig
+
+    env = OneLegMujocoEnv(EnvConfig(randomness="none", reward="dense"))
+    obs, _ = env.reset(seed=0)
+    _, r_start, *_ = env.step(hold_action(obs))
+    env.set_part_pose("top", G.TOP_CORNER_POS, G.TOP_REST_ROT)
+    _, r_corner, *_ = env.step(hold_action(obs))
+    assert 0.0 <= r_start < r_corner < 1.0
+    engaged, success = _screw_from_rim(env, np.zeros(3), steps=400)
+    assert success  # the terminal step's reward (asserted == 1.0 inside) is the success reward
+
+
+def test_part_knocked_off_the_table_ends_the_episode(env):
+    obs, _ = env.reset(seed=0)
+    env.set_part_pose("leg", np.array([0.2, 0.6, G.TABLE_Z + 0.02]), G.LEG_REST_ROT)  # past the table edge
+    terminated = False
+    for _ in range(5):
+        obs, reward, terminated, truncated, info = env.step(hold_action(obs))
+        if terminated:
+            break
+    assert terminated and info["part_lost"] and reward == 0.0 and not info["success"]

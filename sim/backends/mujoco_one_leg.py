@@ -200,15 +200,18 @@ class OneLegMujocoEnv(gym.Env):
         if not np.all(np.isfinite(self.data.qpos)):
             raise FloatingPointError("simulation diverged (NaN in qpos)")
         success = self.is_success()
+        lost = self.part_lost()
         obs = self._observe()
         reward = self._reward(success)
-        terminated = bool(success and self.cfg.terminate_on_success)
+        # a part knocked off the table cannot be recovered: a failed terminal state
+        terminated = bool((success and self.cfg.terminate_on_success) or lost)
         truncated = bool(self.steps >= self.cfg.max_episode_steps and not terminated)
         self.timings["ik"] += t1 - t0
         self.timings["physics"] += t2 - t1
         self.timings["thread"] += t3 - t2
         info = self._info(success)
         info["ik_error"] = ik_err
+        info["part_lost"] = lost
         return obs, reward, terminated, truncated, info
 
     def _clip_action(self, action: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
@@ -253,6 +256,14 @@ class OneLegMujocoEnv(gym.Env):
                 obs[RGB_PREFIX + cam] = self.renderer.render(self.data, cam).copy()
             self.timings["render"] += time.perf_counter() - t
         return obs
+
+    def part_lost(self) -> bool:
+        """A part fell off the table (or was flung away)."""
+        for bid in (self.top_id, self.leg_id):
+            p = self.data.xpos[bid]
+            if p[2] < G.TABLE_Z - 0.05 or np.any(np.abs(p[:2] - G.TABLE_POS[:2]) > G.TABLE_HALF[:2] + 0.05):
+                return True
+        return False
 
     def is_success(self) -> bool:
         if self.thread.engaged_hole < 0:

@@ -62,21 +62,18 @@ def bench_one_leg(mode: str, n_envs: int, n_workers: int, steps: int, warmup: in
 
 
 def bench_robosuite_lift(mode: str, steps: int) -> dict:
-    from sim.tasks.one_leg.scene import quiet_robosuite_import
+    from sim.tasks.one_leg.scene import quiet_robosuite
 
-    quiet_robosuite_import()
-    import robosuite
-    from robosuite.controllers import load_composite_controller_config
+    with quiet_robosuite():
+        import robosuite
+        from robosuite.controllers import load_composite_controller_config
 
     pixel = mode == "pixel"
-    env = robosuite.make(
-        "Lift", robots="Panda", controller_configs=load_composite_controller_config(controller="BASIC", robot="Panda"),
-        has_renderer=False, has_offscreen_renderer=pixel, use_camera_obs=pixel,
-        camera_names=["frontview", "robot0_eye_in_hand"], camera_heights=96, camera_widths=96,
-        control_freq=10, horizon=10_000, ignore_done=True,
-    )
+    with quiet_robosuite():
+        env = _make_lift(robosuite, load_composite_controller_config, pixel)
     rng = np.random.default_rng(0)
-    env.reset()
+    with quiet_robosuite():
+        env.reset()
     low, high = env.action_spec
     t0 = time.perf_counter()
     for _ in range(steps):
@@ -85,6 +82,15 @@ def bench_robosuite_lift(mode: str, steps: int) -> dict:
     env.close()
     return {"sim": "robosuite Lift (yardstick)", "mode": mode, "n_envs": 1, "n_workers": 1,
             "env_steps_per_s": steps / dt, "ms_per_env_step": {}}
+
+
+def _make_lift(robosuite, load_composite_controller_config, pixel: bool):
+    return robosuite.make(
+        "Lift", robots="Panda", controller_configs=load_composite_controller_config(controller="BASIC", robot="Panda"),
+        has_renderer=False, has_offscreen_renderer=pixel, use_camera_obs=pixel,
+        camera_names=["frontview", "robot0_eye_in_hand"], camera_heights=96, camera_widths=96,
+        control_freq=10, horizon=10_000, ignore_done=True,
+    )
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ Collision bits: 1 = static (table, fixture), 2 = parts, 4 = robot hand.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -73,23 +74,27 @@ def _sub(parent: ET.Element, tag: str, **attrs) -> ET.Element:
     return ET.SubElement(parent, tag, {k: (v if isinstance(v, str) else _fmt(v)) for k, v in attrs.items()})
 
 
-def quiet_robosuite_import() -> None:
-    """Import robosuite without its import-time warnings (private macro file, optional robots).
+@contextlib.contextmanager
+def quiet_robosuite():
+    """Silence robosuite's warnings below ERROR (import-time macro-file advice, controller notes).
 
     They are advice for robosuite's own users and would otherwise greet every run here.
     """
-    import logging
-
     logger = logging.getLogger("robosuite_logs")
 
-    def below_error(record: logging.LogRecord) -> bool:
+    def at_least_error(record: logging.LogRecord) -> bool:
         return record.levelno >= logging.ERROR
 
-    logger.addFilter(below_error)
+    logger.addFilter(at_least_error)
     try:
-        import robosuite  # noqa: F401
+        yield
     finally:
-        logger.removeFilter(below_error)
+        logger.removeFilter(at_least_error)
+
+
+def quiet_robosuite_import() -> None:
+    with quiet_robosuite():
+        import robosuite  # noqa: F401
 
 
 def _robot_model():
