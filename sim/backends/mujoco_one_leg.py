@@ -84,7 +84,9 @@ class OneLegMujocoEnv(gym.Env):
         self._renderer = None
         self._video_renderer = None
         self._nominal_vis = None
+        self._seed_stream = np.random.default_rng()
         self._rng = np.random.default_rng()
+        self.episode_seed = -1
         self._q_target = self.home_q.copy()
         self.steps = 0
         self.timings = {"physics": 0.0, "ik": 0.0, "render": 0.0, "thread": 0.0}
@@ -154,8 +156,13 @@ class OneLegMujocoEnv(gym.Env):
     # --- gym API -------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
+        # Every episode gets its own seed, recorded in info: reset(seed=episode_seed) replays it.
         if seed is not None:
-            self._rng = np.random.default_rng(seed)
+            self._seed_stream = np.random.default_rng(seed)
+            self.episode_seed = int(seed)
+        else:
+            self.episode_seed = int(self._seed_stream.integers(2**31 - 1))
+        self._rng = np.random.default_rng(self.episode_seed)
         mujoco.mj_resetData(self.model, self.data)
         self.thread.reset()
         self.ik.reset()
@@ -295,7 +302,18 @@ class OneLegMujocoEnv(gym.Env):
             "engaged": h >= 0,
             "thread_depth": self.thread.slide(h) if h >= 0 else float("nan"),
             "steps": self.steps,
+            "episode_seed": self.episode_seed,
         }
+
+    def camera_info(self) -> dict[str, dict[str, Any]]:
+        """Pinhole intrinsics (pixels) of the policy cameras, for dataset metadata."""
+        h, w = self.obs_schema.image_hw
+        out = {}
+        for cam in self.obs_schema.cameras:
+            fovy = float(self.model.cam_fovy[self.model.camera(cam).id])
+            f = (h / 2) / np.tan(np.radians(fovy) / 2)
+            out[cam] = {"image_hw": [h, w], "fovy_deg": fovy, "fx": f, "fy": f, "cx": w / 2, "cy": h / 2}
+        return out
 
     # --- rendering / visual randomisation ----------------------------------------------
     def render(self, camera: str = "front", image_hw: tuple[int, int] = (240, 320)) -> np.ndarray:

@@ -419,10 +419,12 @@ class ExpertPool:
         for i in range(n_envs):
             self.reset(i)
 
-    def reset(self, i: int) -> None:
-        """Start env i's next episode with noise seeded by (pool seed, env, episode index)."""
-        seq = np.random.SeedSequence([self.seed, i, int(self.episode[i])])
-        self.experts[i].reset(int(seq.generate_state(1)[0]))
+    def reset(self, i: int, seed: int | None = None) -> None:
+        """Start env i's next episode; noise seeded by `seed` (e.g. the env's episode seed) or
+        else by (pool seed, env, episode index)."""
+        if seed is None:
+            seed = int(np.random.SeedSequence([self.seed, i, int(self.episode[i])]).generate_state(1)[0])
+        self.experts[i].reset(int(seed))
         self.episode[i] += 1
 
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
