@@ -1,1 +1,9 @@
-"""Models and learning: ViT encoder, diffusion, DPPO agent (later issues). Imports nothing from sim/ or real/."""
+"""Models and learning: ViT encoder, diffusion policy, checkpoints (DPPO next). Imports nothing
+from sim/ or real/."""
+
+
+def load(path, use_ema: bool = True, device: str = "cpu"):
+    """Load a ready policy from a checkpoint file (see policy.checkpoint)."""
+    from policy.checkpoint import load_policy
+
+    return load_policy(path, use_ema=use_ema, device=device)

@@ -1,0 +1,153 @@
+"""ViT diffusion policy: observation encoder + conditional denoiser over an action chunk.
+
+`act(obs)` is the one API sim and real use: raw observations (uint8 images, state in the
+robot base frame) in, denormalised absolute EE action chunks out. Normalisation statistics
+live inside the policy (and its checkpoint), so nothing else is needed to run it.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from data.normalizer import Normalizer
+from data.rotation import rot6d_to_matrix, matrix_to_rot6d
+from policy.denoisers import MLPDenoiser, MLPDenoiserConfig, UNetDenoiser, UNetDenoiserConfig
+from policy.diffusion import DiffusionConfig, NoiseSchedule
+from policy.obs_encoder import ObsEncoder, ObsEncoderConfig
+
+
+@dataclass
+class PolicyConfig:
+    action_dim: int = 10
+    horizon: int = 8
+    act_steps: int = 8
+    denoiser: str = "mlp"  # mlp | unet
+    mlp: MLPDenoiserConfig = field(default_factory=MLPDenoiserConfig)
+    unet: UNetDenoiserConfig = field(default_factory=UNetDenoiserConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    obs: ObsEncoderConfig = field(default_factory=ObsEncoderConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "PolicyConfig":
+        from policy.vit import ViTConfig
+
+        d = dict(d)
+        obs = dict(d.pop("obs"))
+        obs["vit"] = ViTConfig(**obs["vit"])
+        return cls(obs=ObsEncoderConfig(**obs), mlp=MLPDenoiserConfig(**d.pop("mlp")),
+                   unet=UNetDenoiserConfig(**d.pop("unet")), diffusion=DiffusionConfig(**d.pop("diffusion")), **d)
+
+
+class DiffusionPolicy(nn.Module):
+    def __init__(self, cfg: PolicyConfig, normalizer: Normalizer):
+        super().__init__()
+        self.cfg = cfg
+        self.normalizer = normalizer
+        for key in ("state", "action"):
+            if key not in normalizer:
+                raise KeyError(f"normalizer lacks statistics for '{key}'")
+        self.encoder = ObsEncoder(cfg.obs)
+        cond = self.encoder.out_dim
+        if cfg.denoiser == "mlp":
+            self.denoiser = MLPDenoiser(cfg.action_dim, cfg.horizon, cond, cfg.mlp)
+        elif cfg.denoiser == "unet":
+            self.denoiser = UNetDenoiser(cfg.action_dim, cfg.horizon, cond, cfg.unet)
+        else:
+            raise ValueError(f"denoiser must be 'mlp' or 'unet', got '{cfg.denoiser}'")
+        self.schedule = NoiseSchedule(cfg.diffusion)
+
+    # --- training --------------------------------------------------------------------------
+    def condition(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        state = self.normalizer.normalize("state", obs["state"].float())
+        return self.encoder(obs, state)
+
+    def loss(self, obs: Mapping[str, torch.Tensor], action: torch.Tensor) -> torch.Tensor:
+        """DDPM loss on a batch: obs values (B, T, ...), action (B, horizon, action_dim) raw."""
+        x0 = self.normalizer.normalize("action", action.float())
+        cond = self.condition(obs)
+        b = x0.shape[0]
+        t = torch.randint(0, self.schedule.steps, (b,), device=x0.device)
+        noise = torch.randn_like(x0)
+        out = self.denoiser(self.schedule.add_noise(x0, noise, t), t, cond)
+        target = noise if self.cfg.diffusion.predict == "epsilon" else x0
+        return torch.mean((out - target) ** 2)
+
+    # --- sampling ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, obs: Mapping[str, torch.Tensor], steps: int | None = None, eta: float | None = None,
+               ddpm: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Normalised action chunk (B, horizon, action_dim) by DDIM (or full DDPM)."""
+        cond = self.condition(obs)
+        b = cond.shape[0]
+        shape = (b, self.cfg.horizon, self.cfg.action_dim)
+        x = torch.randn(shape, device=cond.device, generator=generator)
+        if ddpm:
+            for t in reversed(range(self.schedule.steps)):
+                tt = torch.full((b,), t, device=x.device, dtype=torch.long)
+                mean, std = self.schedule.ddpm_step(self.denoiser(x, tt, cond), x, t)
+                x = mean + std * torch.randn(shape, device=x.device, generator=generator) if t > 0 else mean
+            return x.clamp(-1, 1)
+        steps = steps or self.cfg.diffusion.ddim_steps
+        eta = self.cfg.diffusion.ddim_eta if eta is None else eta
+        ts = self.schedule.ddim_timesteps(steps)
+        for i, t in enumerate(ts):
+            t_prev = ts[i + 1] if i + 1 < len(ts) else -1
+            tt = torch.full((b,), t, device=x.device, dtype=torch.long)
+            mean, std = self.schedule.ddim_step(self.denoiser(x, tt, cond), x, t, t_prev, eta)
+            x = mean + std * torch.randn(shape, device=x.device, generator=generator) if eta > 0 else mean
+        return x.clamp(-1, 1)
+
+    @torch.no_grad()
+    def act(self, obs: Mapping[str, np.ndarray | torch.Tensor], **sample_kw) -> np.ndarray:
+        """Raw observations with history (B, T, ...) -> denormalised action chunk (B, horizon, 10).
+
+        The rotation part is re-orthonormalised so every action is a valid pose.
+        """
+        device = next(self.parameters()).device
+        batch = {k: torch.as_tensor(np.asarray(v)).to(device) for k, v in obs.items()
+                 if k == "state" or k.startswith("rgb/")}
+        x = self.sample(batch, **sample_kw)
+        actions = self.normalizer.unnormalize("action", x).cpu().numpy().astype(np.float32)
+        if self.cfg.action_dim == 10:
+            actions[..., 3:9] = matrix_to_rot6d(rot6d_to_matrix(actions[..., 3:9])).astype(np.float32)
+        if not np.all(np.isfinite(actions)):
+            raise FloatingPointError("policy produced NaN/Inf actions")
+        return actions
+
+
+class ObsHistory:
+    """Keeps the last `n` observations of each env, padding a fresh episode with its first obs."""
+
+    def __init__(self, n: int, keys: list[str]):
+        self.n, self.keys = n, keys
+        self.buffers: list[deque] | None = None
+
+    def reset(self, obs: Mapping[str, np.ndarray], envs: np.ndarray | None = None) -> None:
+        b = len(obs[self.keys[0]])
+        if self.buffers is None or len(self.buffers) != b:
+            self.buffers = [deque(maxlen=self.n) for _ in range(b)]
+            envs = np.arange(b)
+        for i in (np.arange(b) if envs is None else envs):
+            self.buffers[i].clear()
+            for _ in range(self.n):
+                self.buffers[i].append({k: np.asarray(obs[k][i]) for k in self.keys})
+
+    def add(self, obs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Append the newest observation of every env; returns the stacked history (B, n, ...)."""
+        if self.buffers is None:
+            self.reset(obs)
+        else:
+            for i, buf in enumerate(self.buffers):
+                buf.append({k: np.asarray(obs[k][i]) for k in self.keys})
+        return self.stacked()
+
+    def stacked(self) -> dict[str, np.ndarray]:
+        return {k: np.stack([np.stack([o[k] for o in buf]) for buf in self.buffers]) for k in self.keys}

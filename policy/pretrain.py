@@ -1,0 +1,291 @@
+"""Behaviour-cloning pretraining of the ViT diffusion policy on a zarr demo set.
+
+    python policy/pretrain.py task=one_leg                   # default set, ViT + MLP denoiser
+    python policy/pretrain.py policy=state_mlp obs=state     # state-only variant
+    python policy/pretrain.py train.chunk_steps=2000         # a resumable chunk; run again to continue
+    torchrun --nproc_per_node=N policy/pretrain.py ...       # multi-GPU (DDP)
+
+Writes <out_dir>/last.pt (resume point), <out_dir>/step_<k>.pt, TensorBoard logs in
+<out_dir>/tb, rollout videos and a learning-curve plot. Simulation evaluation is wired in by
+config (`eval.evaluator`), so this module never imports sim/.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from data.episodes import EpisodeDataset
+from data.normalizer import load_or_fit
+from data.sampler import SplitConfig, WindowConfig, select_and_split
+from data.schema import ActionSchema
+from data.torch_dataset import EpisodeWindowDataset, WindowDatasetConfig, make_loader
+from policy.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from policy.denoisers import MLPDenoiserConfig, UNetDenoiserConfig
+from policy.diffusion import DiffusionConfig
+from policy.diffusion_policy import DiffusionPolicy, PolicyConfig
+from policy.ema import EMA
+from policy.obs_encoder import ObsEncoderConfig
+from policy.vit import ViTConfig
+
+log = logging.getLogger("pretrain")
+
+
+def policy_config(cfg: DictConfig, state_dim: int) -> PolicyConfig:
+    p = cfg.policy
+    cameras = list(cfg.obs.cameras) if p.use_images else []
+    return PolicyConfig(
+        action_dim=ActionSchema().dim, horizon=int(p.horizon), act_steps=int(p.act_steps), denoiser=p.denoiser,
+        mlp=MLPDenoiserConfig(**OmegaConf.to_container(p.mlp)),
+        unet=UNetDenoiserConfig(**OmegaConf.to_container(p.unet)),
+        diffusion=DiffusionConfig(**OmegaConf.to_container(p.diffusion)),
+        obs=ObsEncoderConfig(cameras=cameras, image_hw=list(cfg.obs.image_hw), state_dim=state_dim,
+                             obs_history=int(p.obs_history), share_vit=bool(p.share_vit),
+                             vit=ViTConfig(**OmegaConf.to_container(p.vit)), state_hidden=int(p.state_hidden),
+                             augment_shift=bool(p.augment_shift)),
+    )
+
+
+def lr_lambda(warmup: int, total: int):
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    return f
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class Trainer:
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+        self.out = Path(cfg.out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        if self.world > 1:
+            torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+            if torch.cuda.is_available():
+                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        self.device = resolve_device(cfg.device) if self.world == 1 or not torch.cuda.is_available() else \
+            torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        seed_everything(int(cfg.seed) + self.rank)
+
+        ds = EpisodeDataset(cfg.dataset)
+        ds.check_compatible(task=cfg.task.name, required_keys=["state", "action"])
+        self.train_eps, self.val_eps = select_and_split(
+            ds, SplitConfig(val_ratio=cfg.data.val_ratio, seed=int(cfg.seed), success_only=bool(cfg.data.success_only)))
+        self.normalizer = load_or_fit(ds, dict(cfg.data.norm), episodes=self.train_eps)
+        state_dim = ds.array("state").shape[1]
+        self.pcfg = policy_config(cfg, state_dim)
+        obs_keys = ("state", *[f"rgb/{c}" for c in self.pcfg.obs.cameras])
+        wcfg = WindowDatasetConfig(obs_keys=obs_keys, window=WindowConfig(obs_history=self.pcfg.obs.obs_history,
+                                                                          horizon=self.pcfg.horizon),
+                                   image_layout="hwc", cache_images=cfg.data.cache_images)
+        self.train_set = EpisodeWindowDataset(cfg.dataset, self.train_eps, wcfg)
+        self.val_set = EpisodeWindowDataset(cfg.dataset, self.val_eps, wcfg) if len(self.val_eps) else None
+        self.schema = {"obs": {"cameras": self.pcfg.obs.cameras, "image_hw": list(cfg.obs.image_hw),
+                               "state_dim": state_dim}, "action": ActionSchema().to_dict(),
+                       "dataset": str(cfg.dataset), "task": cfg.task.name}
+
+        self.policy = DiffusionPolicy(self.pcfg, self.normalizer).to(self.device)
+        self.model = self.policy
+        if self.world > 1:
+            self.model = torch.nn.parallel.DistributedDataParallel(self.policy)
+        self.ema = EMA(self.policy, power=float(cfg.train.ema_power))
+        self.opt = torch.optim.AdamW(self.policy.parameters(), lr=float(cfg.train.lr),
+                                     weight_decay=float(cfg.train.weight_decay))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(int(cfg.train.warmup_steps),
+                                                                           int(cfg.train.steps)))
+        self.step = 0
+        self.history: list[dict[str, Any]] = []
+        if cfg.resume and (self.out / "last.pt").exists():
+            self._resume(self.out / "last.pt")
+
+    # --- persistence -------------------------------------------------------------------------
+    def _train_state(self) -> dict[str, Any]:
+        return {"step": self.step, "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                "torch_rng": torch.get_rng_state(), "history": json.dumps(self.history)}
+
+    def save(self, name: str) -> Path:
+        return save_checkpoint(self.out / name, self.policy, ema=self.ema, train_state=self._train_state(),
+                               schema=self.schema, meta={"config": json.dumps(OmegaConf.to_container(self.cfg,
+                                                                                                 resolve=True))})
+
+    def _resume(self, path: Path) -> None:
+        payload = load_checkpoint(path, map_location=self.device)
+        if payload.get("train") is None:
+            raise CheckpointError(f"{path} has no training state to resume from")
+        try:
+            self.policy.load_state_dict(payload["model"])
+        except RuntimeError as e:
+            raise CheckpointError(f"cannot resume from {path}: the policy config changed ({e})") from e
+        self.ema.load_state_dict(payload["ema"])
+        tr = payload["train"]
+        self.opt.load_state_dict(tr["optimizer"])
+        self.sched.load_state_dict(tr["scheduler"])
+        torch.set_rng_state(tr["torch_rng"].cpu())
+        self.step = int(tr["step"])
+        self.history = json.loads(tr["history"])
+        log.info("resumed from %s at step %d", path, self.step)
+
+    # --- loop -------------------------------------------------------------------------------
+    def _batches(self, dataset, shuffle: bool, seed: int):
+        loader = make_loader(dataset, batch_size=int(self.cfg.train.batch_size), shuffle=shuffle,
+                             num_workers=int(self.cfg.data.num_workers), drop_last=shuffle, seed=seed,
+                             multiprocessing_context="spawn" if int(self.cfg.data.num_workers) > 0 else None)
+        while True:
+            for batch in loader:
+                yield batch
+            if not shuffle:
+                return
+
+    def _to_device(self, batch):
+        obs = {k: v.to(self.device, non_blocking=True) for k, v in batch["obs"].items()}
+        return obs, batch["action"].to(self.device, non_blocking=True)
+
+    def _loss(self, batch) -> torch.Tensor:
+        obs, action = self._to_device(batch)
+        use_amp = bool(self.cfg.train.amp) and self.device.type == "cuda"
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
+            module = self.model.module if hasattr(self.model, "module") else self.model
+            return module.loss(obs, action)
+
+    @torch.no_grad()
+    def validate(self, max_batches: int = 20) -> float | None:
+        if self.val_set is None:
+            return None
+        self.policy.eval()
+        losses = []
+        gen_state = torch.get_rng_state()
+        torch.manual_seed(1234)  # same noise every validation: comparable numbers
+        for i, batch in enumerate(self._batches(self.val_set, shuffle=False, seed=0)):
+            if i >= max_batches:
+                break
+            losses.append(self._loss(batch).item())
+        torch.set_rng_state(gen_state)
+        self.policy.train()
+        return float(np.mean(losses)) if losses else None
+
+    def evaluate(self) -> dict[str, Any] | None:
+        e = self.cfg.eval
+        if not e.every or self.rank != 0:
+            return None
+        evaluator = hydra.utils.get_method(e.evaluator.replace(":", "."))
+        video_dir = self.out / "videos" / f"step_{self.step}" if e.video else None
+        self.ema.model.eval()
+        return evaluator(self.ema.model, self.cfg, episodes=int(e.episodes), n_envs=int(e.n_envs),
+                         n_workers=int(e.n_workers), ddim_steps=int(e.ddim_steps), video_dir=video_dir)
+
+    def train(self) -> dict[str, Any]:
+        from torch.utils.tensorboard import SummaryWriter
+        from tqdm import tqdm
+
+        tc = self.cfg.train
+        total = int(tc.steps)
+        stop = total if tc.chunk_steps is None else min(total, self.step + int(tc.chunk_steps))
+        writer = SummaryWriter(str(self.out / "tb")) if self.rank == 0 else None
+        batches = self._batches(self.train_set, shuffle=True, seed=int(self.cfg.seed) + self.step)
+        self.policy.train()
+        bar = tqdm(total=stop, initial=self.step, desc="pretrain", unit="step", disable=self.rank != 0)
+        t0, running = time.perf_counter(), []
+        while self.step < stop:
+            loss = self._loss(next(batches))
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at step {self.step}")
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), float(tc.grad_clip))
+            self.opt.step()
+            self.sched.step()
+            self.ema.update(self.policy)
+            self.step += 1
+            running.append(loss.item())
+            bar.update(1)
+            if self.step % int(tc.log_every) == 0 and writer is not None:
+                rate = len(running) * int(tc.batch_size) / (time.perf_counter() - t0)
+                writer.add_scalar("train/loss", np.mean(running), self.step)
+                writer.add_scalar("train/lr", self.sched.get_last_lr()[0], self.step)
+                writer.add_scalar("train/grad_norm", float(grad_norm), self.step)
+                writer.add_scalar("train/samples_per_s", rate, self.step)
+                self.history.append({"step": self.step, "train_loss": float(np.mean(running))})
+                bar.set_postfix(loss=f"{np.mean(running):.4f}", samples_s=f"{rate:.0f}")
+                running, t0 = [], time.perf_counter()
+            if self.step % int(tc.val_every) == 0 or self.step == total:
+                val = self.validate()
+                if val is not None and writer is not None:
+                    writer.add_scalar("val/loss", val, self.step)
+                    self.history.append({"step": self.step, "val_loss": val})
+            if self.cfg.eval.every and (self.step % int(self.cfg.eval.every) == 0 or self.step == total):
+                res = self.evaluate()
+                if res is not None:
+                    writer.add_scalar("eval/success_rate", res["success_rate"], self.step)
+                    self.history.append({"step": self.step, "success_rate": res["success_rate"]})
+                    log.info("step %d: success %.2f over %d episodes", self.step, res["success_rate"],
+                             len(res["episodes"]))
+            if self.rank == 0 and (self.step % int(tc.save_every) == 0 or self.step == stop):
+                self.save("last.pt")
+                if self.step % int(tc.save_every) == 0:
+                    self.save(f"step_{self.step}.pt")
+        bar.close()
+        if writer is not None:
+            writer.close()
+            plot_history(self.history, self.out / "learning_curve.png")
+        return {"step": self.step, "history": self.history}
+
+
+def plot_history(history: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
+    for key, style in (("train_loss", "-"), ("val_loss", "o-")):
+        pts = [(h["step"], h[key]) for h in history if key in h]
+        if pts:
+            ax[0].plot(*zip(*pts), style, label=key.replace("_", " "))
+    ax[0].set_yscale("log")
+    ax[0].set_xlabel("step")
+    ax[0].set_ylabel("diffusion loss")
+    ax[0].legend()
+    pts = [(h["step"], h["success_rate"]) for h in history if "success_rate" in h]
+    if pts:
+        ax[1].plot(*zip(*pts), "o-")
+    ax[1].set_ylim(-0.05, 1.05)
+    ax[1].set_xlabel("step")
+    ax[1].set_ylabel("sim success rate")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+@hydra.main(config_path="../configs", config_name="pretrain", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    result = Trainer(cfg).train()
+    print(f"pretraining at step {result['step']}/{cfg.train.steps}; checkpoint {Path(cfg.out_dir) / 'last.pt'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""Policy: ViT shapes, diffusion sampling, overfitting, checkpoints, resume."""
+import numpy as np
+import pytest
+import torch
+
+import policy as policy_pkg
+from data.normalizer import Normalizer
+from policy.checkpoint import CheckpointError, save_checkpoint
+from policy.denoisers import MLPDenoiserConfig, UNetDenoiser
+from policy.diffusion_policy import DiffusionPolicy, ObsHistory, PolicyConfig
+from policy.ema import EMA
+from policy.obs_encoder import ObsEncoderConfig
+from policy.vit import ViTConfig, ViTEncoder, random_shift, shift_pad_for
+
+
+def small_cfg(cameras=("front",), hw=(32, 32), denoiser="mlp", horizon=8):
+    return PolicyConfig(horizon=horizon, act_steps=4, denoiser=denoiser, mlp=MLPDenoiserConfig(hidden=128, blocks=2),
+                        obs=ObsEncoderConfig(cameras=list(cameras), image_hw=list(hw),
+                                             vit=ViTConfig(dim=32, heads=2, out_dim=32, base_grid=4)))
+
+
+def normalizer(seed=0):
+    rng = np.random.default_rng(seed)
+    return Normalizer.from_arrays({"state": rng.normal(size=(64, 10)), "action": rng.normal(size=(64, 10))},
+                                  {"state": "minmax", "action": "minmax"})
+
+
+def batch(b=3, t=1, hw=(32, 32), cams=("front",), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    obs = {"state": torch.randn(b, t, 10, generator=g)}
+    for c in cams:
+        obs[f"rgb/{c}"] = torch.randint(0, 256, (b, t, *hw, 3), generator=g, dtype=torch.uint8)
+    return obs
+
+
+@pytest.mark.parametrize("hw", [(96, 96), (64, 128), (128, 96), (32, 32)])
+def test_vit_any_resolution(hw):
+    vit = ViTEncoder(ViTConfig(dim=32, heads=2, out_dim=24))
+    assert vit(torch.rand(2, 3, *hw)).shape == (2, 24)
+    with pytest.raises(ValueError, match="multiple of the patch size"):
+        vit(torch.rand(1, 3, 30, 32))
+
+
+def test_random_shift_is_a_bounded_translation():
+    x = torch.zeros(4, 1, 16, 16)
+    x[:, :, 8, 8] = 1.0
+    y = random_shift(x, 3, torch.Generator().manual_seed(0))
+    for i in range(4):
+        r, c = (y[i, 0] == 1).nonzero()[0].tolist()
+        assert abs(r - 8) <= 3 and abs(c - 8) <= 3
+    assert not torch.equal(y[0], y[1]) or not torch.equal(y[1], y[2])
+    assert shift_pad_for((96, 96)) == 4 and shift_pad_for((192, 192)) == 8
+
+
+def test_unet_denoiser_shapes_and_horizon_check():
+    u = UNetDenoiser(10, 16, 8)
+    assert u(torch.randn(2, 16, 10), torch.tensor([1, 50]), torch.randn(2, 8)).shape == (2, 16, 10)
+    with pytest.raises(ValueError, match="divisible"):
+        UNetDenoiser(10, 6, 8)
+
+
+def test_ddim_eta0_is_deterministic_and_eta1_is_not():
+    p = DiffusionPolicy(small_cfg(), normalizer()).eval()
+    obs = batch()
+    a = p.sample(obs, steps=5, eta=0.0, generator=torch.Generator().manual_seed(0))
+    b = p.sample(obs, steps=5, eta=0.0, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a, b) and a.shape == (3, 8, 10) and a.abs().max() <= 1.0
+    # eta=0: after the initial noise nothing is random -> other RNG draws in between change nothing
+    torch.manual_seed(123)
+    c = p.sample(obs, steps=5, eta=0.0, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a, c)
+    d1 = p.sample(obs, steps=5, eta=1.0, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)
+    torch.randn(3, 8, 10, generator=g)
+    d2 = p.sample(obs, steps=5, eta=1.0, generator=torch.Generator().manual_seed(1))
+    assert not torch.allclose(d1, d2)
+
+
+def test_overfits_a_tiny_dataset():
+    """Action chunks are a per-sample function of the state: sampling must follow the condition."""
+    torch.manual_seed(0)
+    cfg = small_cfg(cameras=())
+    norm = normalizer()
+    p = DiffusionPolicy(cfg, norm)
+    obs = batch(b=24, cams=())
+    target = (0.8 * torch.tanh(obs["state"][:, 0, :])).unsqueeze(1).expand(24, 8, 10)  # normalised space
+    raw = norm.unnormalize("action", target)
+    opt = torch.optim.AdamW(p.parameters(), lr=1e-3)
+    losses = []
+    for step in range(1500):
+        loss = p.loss(obs, raw)
+        losses.append(loss.item())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    first, last = np.mean(losses[:20]), np.mean(losses[-50:])
+    assert last < 0.3 * first, (first, last)
+    p.eval()
+    pred = p.sample(obs, steps=10, eta=0.0, generator=torch.Generator().manual_seed(0))
+    err = (pred - target).abs().mean().item()
+    baseline = (target.mean(0, keepdim=True) - target).abs().mean().item()  # ignoring the state
+    assert err < 0.6 * baseline, (err, baseline)
+
+
+def test_checkpoint_round_trip_reproduces_actions(tmp_path):
+    p = DiffusionPolicy(small_cfg(cameras=("front", "wrist")), normalizer())
+    ema = EMA(p)
+    ema.update(p)
+    path = save_checkpoint(tmp_path / "p.pt", p, ema=ema, schema={"task": "one_leg"})
+    raw = torch.load(path, weights_only=True)  # plain data: no pickled classes
+    assert raw["format"] == "pixel-dppo-policy" and raw["schema"]["task"] == "one_leg"
+    q = policy_pkg.load(path, use_ema=False)
+    p.eval()
+    obs = {k: v.numpy() for k, v in batch(cams=("front", "wrist")).items()}
+    a = p.act(obs, generator=torch.Generator().manual_seed(3))
+    b = q.act(obs, generator=torch.Generator().manual_seed(3))
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == (3, 8, 10) and a.dtype == np.float32
+    r = a[..., 3:9].reshape(-1, 2, 3)  # rotation rows are orthonormal
+    np.testing.assert_allclose(np.linalg.norm(r, axis=-1), 1.0, atol=1e-5)
+
+
+def test_bad_checkpoints_give_clear_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        policy_pkg.load(tmp_path / "nope.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"definitely not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        policy_pkg.load(bad)
+    torch.save({"format": "something-else"}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not a pixel-dppo-policy"):
+        policy_pkg.load(tmp_path / "other.pt")
+    p = DiffusionPolicy(small_cfg(), normalizer())
+    path = save_checkpoint(tmp_path / "p.pt", p)
+    payload = torch.load(path, weights_only=True)
+    payload["version"] = 42
+    torch.save(payload, tmp_path / "future.pt")
+    with pytest.raises(CheckpointError, match="version 42"):
+        policy_pkg.load(tmp_path / "future.pt")
+    payload["version"] = 1
+    payload["config"]["horizon"] = 16  # weights no longer fit the config
+    torch.save(payload, tmp_path / "mismatch.pt")
+    with pytest.raises(CheckpointError, match="does not match"):
+        policy_pkg.load(tmp_path / "mismatch.pt")
+
+
+def test_obs_history_pads_new_episodes():
+    h = ObsHistory(2, ["state"])
+    h.reset({"state": np.array([[1.0], [10.0]])})
+    s = h.add({"state": np.array([[2.0], [11.0]])})
+    np.testing.assert_array_equal(s["state"][:, :, 0], [[1, 2], [10, 11]])
+    h.reset({"state": np.array([[3.0], [99.0]])}, envs=np.array([1]))
+    np.testing.assert_array_equal(h.stacked()["state"][:, :, 0], [[1, 2], [99, 99]])
