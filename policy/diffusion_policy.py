@@ -51,7 +51,7 @@ class DiffusionPolicy(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.normalizer = normalizer
-        for key in ("state", "action"):
+        for key in (*cfg.obs.lowdim_keys, "action"):
             if key not in normalizer:
                 raise KeyError(f"normalizer lacks statistics for '{key}'")
         self.encoder = ObsEncoder(cfg.obs)
@@ -66,8 +66,8 @@ class DiffusionPolicy(nn.Module):
 
     # --- training --------------------------------------------------------------------------
     def condition(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        state = self.normalizer.normalize("state", obs["state"].float())
-        return self.encoder(obs, state)
+        lowdim = torch.cat([self.normalizer.normalize(k, obs[k].float()) for k in self.cfg.obs.lowdim_keys], dim=-1)
+        return self.encoder(obs, lowdim)
 
     def loss(self, obs: Mapping[str, torch.Tensor], action: torch.Tensor) -> torch.Tensor:
         """DDPM loss on a batch: obs values (B, T, ...), action (B, horizon, action_dim) raw."""
@@ -113,7 +113,7 @@ class DiffusionPolicy(nn.Module):
         """
         device = next(self.parameters()).device
         batch = {k: torch.as_tensor(np.asarray(v)).to(device) for k, v in obs.items()
-                 if k == "state" or k.startswith("rgb/")}
+                 if k in self.cfg.obs.lowdim_keys or k.startswith("rgb/")}
         x = self.sample(batch, **sample_kw)
         actions = self.normalizer.unnormalize("action", x).cpu().numpy().astype(np.float32)
         if self.cfg.action_dim == 10:

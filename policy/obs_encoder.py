@@ -18,7 +18,8 @@ from policy.vit import ViTConfig, ViTEncoder, random_shift, shift_pad_for
 class ObsEncoderConfig:
     cameras: list[str] = field(default_factory=lambda: ["front", "wrist"])
     image_hw: list[int] = field(default_factory=lambda: [96, 96])
-    state_dim: int = 10
+    state_dim: int = 10  # total width of the low-dim keys below, concatenated
+    lowdim_keys: list[str] = field(default_factory=lambda: ["state"])  # + "parts" for privileged-state policies
     obs_history: int = 1
     share_vit: bool = False
     vit: ViTConfig = field(default_factory=ViTConfig)

@@ -42,6 +42,7 @@ log = logging.getLogger("pretrain")
 
 
 def policy_config(cfg: DictConfig, state_dim: int) -> PolicyConfig:
+    """`state_dim`: summed width of the policy's low-dim keys (policy.lowdim_keys)."""
     p = cfg.policy
     cameras = list(cfg.obs.cameras) if p.use_images else []
     return PolicyConfig(
@@ -51,6 +52,7 @@ def policy_config(cfg: DictConfig, state_dim: int) -> PolicyConfig:
         diffusion=DiffusionConfig(**OmegaConf.to_container(p.diffusion)),
         obs=ObsEncoderConfig(cameras=cameras, image_hw=list(cfg.obs.image_hw), state_dim=state_dim,
                              obs_history=int(p.obs_history), share_vit=bool(p.share_vit),
+                             lowdim_keys=list(p.lowdim_keys),
                              vit=ViTConfig(**OmegaConf.to_container(p.vit)), state_hidden=int(p.state_hidden),
                              augment_shift=bool(p.augment_shift)),
     )
@@ -93,13 +95,15 @@ class Trainer:
         seed_everything(int(cfg.seed) + self.rank)
 
         ds = EpisodeDataset(cfg.dataset)
-        ds.check_compatible(task=cfg.task.name, required_keys=["state", "action"])
+        lowdim_keys = list(cfg.policy.lowdim_keys)
+        ds.check_compatible(task=cfg.task.name, required_keys=[*lowdim_keys, "action"])
         self.train_eps, self.val_eps = select_and_split(
             ds, SplitConfig(val_ratio=cfg.data.val_ratio, seed=int(cfg.seed), success_only=bool(cfg.data.success_only)))
-        self.normalizer = load_or_fit(ds, dict(cfg.data.norm), episodes=self.train_eps)
-        state_dim = ds.array("state").shape[1]
+        modes = {k: cfg.data.norm[k] for k in (*lowdim_keys, "action")}
+        self.normalizer = load_or_fit(ds, modes, episodes=self.train_eps)
+        state_dim = sum(ds.array(k).shape[1] for k in lowdim_keys)
         self.pcfg = policy_config(cfg, state_dim)
-        obs_keys = ("state", *[f"rgb/{c}" for c in self.pcfg.obs.cameras])
+        obs_keys = (*lowdim_keys, *[f"rgb/{c}" for c in self.pcfg.obs.cameras])
         wcfg = WindowDatasetConfig(obs_keys=obs_keys, window=WindowConfig(obs_history=self.pcfg.obs.obs_history,
                                                                           horizon=self.pcfg.horizon),
                                    image_layout="hwc", cache_images=cfg.data.cache_images)

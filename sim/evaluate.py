@@ -35,7 +35,7 @@ def evaluate_policy(policy, cfg: Mapping[str, Any], episodes: int = 8, n_envs: i
     n_envs = min(n_envs, episodes)
     envs = make_vector_env_from_hydra(cfg, n_envs=n_envs, n_workers=n_workers,
                                       wrap=partial(_record_env0, str(video_dir) if video_dir else None, video_episodes))
-    keys = ["state"] + ([f"rgb/{c}" for c in policy.cfg.obs.cameras])
+    keys = list(policy.cfg.obs.lowdim_keys) + [f"rgb/{c}" for c in policy.cfg.obs.cameras]
     history = ObsHistory(policy.cfg.obs.obs_history, keys)
     queues: list[list[np.ndarray]] = [[] for _ in range(n_envs)]
     results: list[dict[str, Any]] = []
