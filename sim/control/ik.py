@@ -29,9 +29,32 @@ class IKConfig:
     fallback_cooldown: int = 5  # control steps without retries after a retry that did not help
 
 
+_BLAS_LIMITED = False
+
+
+def single_threaded_blas() -> None:
+    """Keep numpy's OpenBLAS on one thread in processes that step simulators.
+
+    The IK solves 6x6 systems every control step; OpenBLAS's worker threads spin on such tiny
+    problems and, next to another busy process (a trainer, a second env worker), made a control
+    step 10-20x slower (measured). torch's own thread pool (OpenMP) is left alone.
+    """
+    global _BLAS_LIMITED
+    if _BLAS_LIMITED:
+        return
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits={"openblas": 1})
+    except ImportError:  # optional: the vector env also sets OPENBLAS_NUM_THREADS for workers
+        pass
+    _BLAS_LIMITED = True
+
+
 class DifferentialIK:
     def __init__(self, model: mujoco.MjModel, joint_names: tuple[str, ...], site_name: str,
                  rest_q: np.ndarray, cfg: IKConfig = IKConfig(), seeds: tuple[np.ndarray, ...] = ()):
+        single_threaded_blas()
         self.model = model
         self.cfg = cfg
         self.data = mujoco.MjData(model)
