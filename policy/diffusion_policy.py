@@ -27,6 +27,7 @@ class PolicyConfig:
     horizon: int = 8
     act_steps: int = 8
     denoiser: str = "mlp"  # mlp | unet
+    obs_clip: float = 5.0  # normalised low-dim observations clipped to +-this (as DPPO)
     mlp: MLPDenoiserConfig = field(default_factory=MLPDenoiserConfig)
     unet: UNetDenoiserConfig = field(default_factory=UNetDenoiserConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
@@ -67,6 +68,8 @@ class DiffusionPolicy(nn.Module):
     # --- training --------------------------------------------------------------------------
     def condition(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         lowdim = torch.cat([self.normalizer.normalize(k, obs[k].float()) for k in self.cfg.obs.lowdim_keys], dim=-1)
+        if self.cfg.obs_clip > 0:
+            lowdim = lowdim.clamp(-self.cfg.obs_clip, self.cfg.obs_clip)
         return self.encoder(obs, lowdim)
 
     def loss(self, obs: Mapping[str, torch.Tensor], action: torch.Tensor) -> torch.Tensor:

@@ -47,6 +47,7 @@ def policy_config(cfg: DictConfig, state_dim: int) -> PolicyConfig:
     cameras = list(cfg.obs.cameras) if p.use_images else []
     return PolicyConfig(
         action_dim=ActionSchema().dim, horizon=int(p.horizon), act_steps=int(p.act_steps), denoiser=p.denoiser,
+        obs_clip=float(p.obs_clip),
         mlp=MLPDenoiserConfig(**OmegaConf.to_container(p.mlp)),
         unet=UNetDenoiserConfig(**OmegaConf.to_container(p.unet)),
         diffusion=DiffusionConfig(**OmegaConf.to_container(p.diffusion)),

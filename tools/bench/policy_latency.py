@@ -1,6 +1,6 @@
 """Policy inference latency (one action chunk, batch 1) and training throughput.
 
-    python tools/bench/policy.py                 # CPU here; on a GPU machine add --device cuda
+    python tools/bench/policy_latency.py                 # CPU here; on a GPU machine add --device cuda
 
 Default policy: ViT (per camera) + MLP denoiser, two 96x96 cameras, horizon 8; DDIM-5 and
 DDPM-100 latencies, plus training samples/s at batch 64 (CPU) / 256 (GPU).
