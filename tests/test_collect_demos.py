@@ -1,24 +1,18 @@
 """Demo collection end to end: scripted expert -> zarr, resume, inspection; teleop key logic."""
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 
 from data.episodes import EpisodeDataset
 from data.inspect import describe, main as inspect_main
 from data.rotation import rot6d_to_matrix
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
-
-from collect_demos import collect_scripted  # noqa: E402
+from tools.collect_demos import collect_scripted
+from tests.conftest import compose_config
 
 
 def _cfg(overrides):
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        return compose(config_name="collect_demos", overrides=overrides)
+    return compose_config("collect_demos", overrides)
 
 
 def test_scripted_collection_resume_and_replay(tmp_path):

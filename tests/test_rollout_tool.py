@@ -1,21 +1,15 @@
 """The quick-start job end to end: vector env + expert + video + summary."""
 import json
-import sys
-from pathlib import Path
 
 import imageio.v2 as imageio
 import pytest
-from hydra import compose, initialize_config_dir
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
-
-from rollout_expert import run  # noqa: E402
+from tools.rollout_expert import run
+from tests.conftest import compose_config
 
 
 def _cfg(overrides):
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        return compose(config_name="rollout_expert", overrides=overrides)
+    return compose_config("rollout_expert", overrides)
 
 
 def test_rollout_expert_writes_video_and_summary(tmp_path):
