@@ -17,24 +17,18 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
-def _record_env0(video_dir, episodes, i, env):
-    if i != 0 or video_dir is None or episodes <= 0:
-        return env
-    from sim.video import VideoRecorder
-
-    return VideoRecorder(env, video_dir, prefix="policy", episodes=episodes, camera="both", image_hw=(120, 160))
-
-
 def evaluate_policy(policy, cfg: Mapping[str, Any], episodes: int = 8, n_envs: int = 4, n_workers: int = 2,
                     ddim_steps: int | None = None, seed: int = 100_000, video_dir: str | Path | None = None,
                     video_episodes: int = 1, progress: bool = False) -> dict[str, Any]:
     """`cfg` is a Hydra config with task/sim/env/obs groups (the env the policy runs in)."""
     from policy.diffusion_policy import ObsHistory
     from sim.make import make_vector_env_from_hydra
+    from sim.video import record_first_env
 
     n_envs = min(n_envs, episodes)
-    envs = make_vector_env_from_hydra(cfg, n_envs=n_envs, n_workers=n_workers,
-                                      wrap=partial(_record_env0, str(video_dir) if video_dir else None, video_episodes))
+    record = partial(record_first_env, directory=str(video_dir) if video_dir else None, prefix="policy",
+                     episodes=video_episodes, camera="both", image_hw=(120, 160))
+    envs = make_vector_env_from_hydra(cfg, n_envs=n_envs, n_workers=n_workers, wrap=record)
     keys = list(policy.cfg.obs.lowdim_keys) + [f"rgb/{c}" for c in policy.cfg.obs.cameras]
     history = ObsHistory(policy.cfg.obs.obs_history, keys)
     queues: list[list[np.ndarray]] = [[] for _ in range(n_envs)]

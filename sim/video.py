@@ -63,3 +63,11 @@ class VideoRecorder(gym.Wrapper):
     def close(self):
         self._flush()
         super().close()
+
+
+def record_first_env(i: int, env: gym.Env, directory: str | Path | None, prefix: str, episodes: int = 1,
+                     camera: str = "front", image_hw: tuple[int, int] = (240, 320), fps: int = 20) -> gym.Env:
+    """Vector-env `wrap` hook: record videos of env 0 only (pass with functools.partial)."""
+    if i != 0 or directory is None or episodes <= 0:
+        return env
+    return VideoRecorder(env, directory, prefix=prefix, episodes=episodes, camera=camera, image_hw=image_hw, fps=fps)

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from data.rotation import rot_z
+from data.rotation import axis_angle_to_matrix, rot_z
 from data.schema import make_action
 from sim.experts.one_leg import BASE, OneLegExpert, hand_down
 from sim.tasks.one_leg import geometry as G
@@ -109,8 +109,7 @@ def test_thread_requires_phase_alignment(env):
 
 
 def _rot_y(a):
-    c, s = np.cos(a), np.sin(a)
-    return np.array([[c, 0, s], [0, 1.0, 0], [-s, 0, c]])
+    return axis_angle_to_matrix(np.array([0.0, 1.0, 0.0]), a)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])

@@ -69,11 +69,10 @@ def collect_scripted(cfg: DictConfig) -> dict[str, Any]:
         with tqdm(total=int(cfg.n), desc=f"{cfg.source} demos", unit="ep") as bar:
             while written < cfg.n:
                 actions = experts.act(obs)
-                recorder.add(obs, actions, np.zeros(n_envs))
+                prev_obs = obs  # the vector env returns fresh arrays every step
                 obs, rewards, terminated, truncated, infos = envs.step(actions)
+                recorder.add(prev_obs, actions, rewards)
                 steps += n_envs
-                for i in range(n_envs):  # rewards belong to the step just recorded
-                    recorder[i].steps[-1]["reward"] = np.float32(rewards[i])
                 for i in np.flatnonzero(terminated | truncated):
                     final = infos["final_info"][i]
                     ok = bool(final["success"])
@@ -132,11 +131,10 @@ def teleoperate(cfg: DictConfig) -> dict[str, Any]:
                 device.sync(obs["state"])
                 continue
             action = device.action()
-            if recording:
-                recorder.add(obs, action)
+            prev_obs = obs
             obs, reward, terminated, truncated, info = env.step(action)
             if recording:
-                recorder.steps[-1]["reward"] = np.float32(reward)
+                recorder.add(prev_obs, action, reward)
             if terminated or truncated:
                 if recording:
                     recorder.finish(success=bool(info["success"]), source="teleop", seed=env.episode_seed,

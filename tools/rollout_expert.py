@@ -19,22 +19,17 @@ from tqdm import tqdm
 
 from sim.experts.one_leg import ExpertConfig, ExpertPool
 from sim.make import make_vector_env_from_hydra
-from sim.video import VideoRecorder
+from sim.video import record_first_env
 
 log = logging.getLogger("rollout_expert")
 
 
-def _record_env0(video_cfg, directory, i, env):
-    if i != 0 or not video_cfg["enabled"]:
-        return env
-    return VideoRecorder(env, directory, prefix="expert", episodes=video_cfg["episodes"], camera=video_cfg["camera"],
-                         image_hw=tuple(video_cfg["image_hw"]), fps=video_cfg["fps"])
-
-
 def run(cfg: DictConfig, out_dir: Path) -> dict:
     n_envs = min(int(cfg.env.n_envs), int(cfg.n_episodes))
-    video_cfg = OmegaConf.to_container(cfg.video)
-    envs = make_vector_env_from_hydra(cfg, n_envs=n_envs, wrap=partial(_record_env0, video_cfg, str(out_dir)))
+    v = cfg.video
+    record = partial(record_first_env, directory=str(out_dir) if v.enabled else None, prefix="expert",
+                     episodes=int(v.episodes), camera=v.camera, image_hw=tuple(v.image_hw), fps=int(v.fps))
+    envs = make_vector_env_from_hydra(cfg, n_envs=n_envs, wrap=record)
     experts = ExpertPool(n_envs, ExpertConfig(**OmegaConf.to_container(cfg.expert)), seed=int(cfg.seed))
     episodes: list[dict] = []
     t0 = time.perf_counter()

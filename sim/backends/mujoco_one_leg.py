@@ -199,8 +199,7 @@ class OneLegMujocoEnv(gym.Env):
             mujoco.mj_step(self.model, self.data, nstep=nstep)
         self._q_target = q_goal
         t2 = time.perf_counter()
-        self.thread.update()
-        if self.thread.engaged_hole >= 0:
+        if self.thread.update():  # follower moved / constraints switched: refresh derived state
             mujoco.mj_forward(self.model, self.data)
         t3 = time.perf_counter()
         self.steps += 1
@@ -320,7 +319,9 @@ class OneLegMujocoEnv(gym.Env):
         """A larger frame for videos (not a policy observation)."""
         from sim.render import CameraRenderer
 
-        if self._video_renderer is None or self._video_renderer.renderer.height != image_hw[0]:
+        size = (self._video_renderer.renderer.height, self._video_renderer.renderer.width) \
+            if self._video_renderer is not None else None
+        if size != tuple(image_hw):
             if self._video_renderer is not None:
                 self._video_renderer.close()
             self._video_renderer = CameraRenderer(self.model, S.CAMERAS, image_hw, self.cfg.render.low_poly)

@@ -111,10 +111,9 @@ class DifferentialIK:
             mujoco.mj_comPos(self.model, self.data)
             mujoco.mj_jacSite(self.model, self.data, self._jacp, self._jacr, self.site_id)
             jac = np.vstack([self._jacp[:, self.dof_idx], self._jacr[:, self.dof_idx]])
-            jjt = jac @ jac.T + (cfg.damping**2) * np.eye(6)
-            dq = jac.T @ np.linalg.solve(jjt, err)
+            j_pinv = jac.T @ np.linalg.inv(jac @ jac.T + (cfg.damping**2) * np.eye(6))  # damped pseudo-inverse
+            dq = j_pinv @ err
             if cfg.nullspace_gain > 0:
-                j_pinv = jac.T @ np.linalg.inv(jjt)
                 null = np.eye(len(q)) - j_pinv @ jac
                 dq += null @ (cfg.nullspace_gain * (self.rest_q - q))
             step = np.max(np.abs(dq))

@@ -66,9 +66,6 @@ class OneLegExpert:
         self.hold = None
         self.speed = self.cfg.max_speed * (1 + self.rng.uniform(-self.cfg.speed_jitter, self.cfg.speed_jitter))
         self.offset = self.rng.normal(0, self.cfg.noise_pos, 3)
-        self.hole_world = None
-        self.twist_yaw = None
-        self.twist_z = None
         self.home_yaw = np.pi / 2
 
     # --- helpers -------------------------------------------------------------------------
@@ -100,10 +97,6 @@ class OneLegExpert:
         if reached or self.t_phase > timeout:
             self.sub += 1
             self.t_phase = 0
-
-    def _top_yaw(self) -> float:
-        x = self.top_rot[:, 0]
-        return float(np.arctan2(x[1], x[0]))
 
     def _leg_axis(self) -> np.ndarray:
         return self.leg_rot[:, 1]
@@ -203,7 +196,6 @@ class OneLegExpert:
             self._advance(self.t_phase >= 5)
             return a
         # lift
-        self.hold_rot = self.ee_rot.copy()
         target = self.ee.copy()
         target[2] = G.TABLE_Z + 0.14
         a, d, _ = self._goto(target, self.ee_rot, CLOSED)

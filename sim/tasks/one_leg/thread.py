@@ -88,28 +88,30 @@ class ThreadModel:
             self.model.geom_contype[g] = ct
             self.model.geom_conaffinity[g] = ca
 
-    def update(self) -> None:
-        """Call once per control step after physics."""
+    def update(self) -> bool:
+        """Call once per control step after physics; returns True if the thread state changed."""
         if self.engaged_hole >= 0:
             if self.slide(self.engaged_hole) > G.ENGAGE_HEIGHT + self.cfg.depth_tolerance:
                 self.disengage()
-            return
+                return True
+            return False
         pos, rot = self.leg_in_top()
         tilt = np.degrees(np.arccos(np.clip(rot[1, 1], -1.0, 1.0)))
         if tilt > self.cfg.max_tilt_deg:
-            return
+            return False
         depth = pos[1] - G.SEATED_Y
         if abs(depth - G.ENGAGE_HEIGHT) > self.cfg.depth_tolerance:
-            return
+            return False
         offsets = np.hypot(self.holes[:, 0] - pos[0], self.holes[:, 2] - pos[2])
         hole = int(np.argmin(offsets))
         if offsets[hole] > self.cfg.max_axis_offset:
-            return
+            return False
         yaw = self.yaw_about_axis(rot)
         c0 = wrap_angle(yaw - self.c1 * depth)
         if abs(c0) > np.radians(self.cfg.phase_tolerance_deg):
-            return
+            return False
         self.engage(hole, depth, c0)
+        return True
 
     def engage(self, hole: int, depth: float, c0: float) -> None:
         m, d = self.model, self.data
