@@ -16,6 +16,7 @@ from torch import nn
 
 from data.normalizer import Normalizer
 from data.rotation import rot6d_to_matrix, matrix_to_rot6d
+from policy.action_repr import RELATIVE, RELATIVE_KEY, REPRS, to_absolute, to_relative
 from policy.denoisers import MLPDenoiser, MLPDenoiserConfig, UNetDenoiser, UNetDenoiserConfig
 from policy.diffusion import DiffusionConfig, NoiseSchedule
 from policy.obs_encoder import ObsEncoder, ObsEncoderConfig
@@ -27,11 +28,35 @@ class PolicyConfig:
     horizon: int = 8
     act_steps: int = 8
     denoiser: str = "mlp"  # mlp | unet
+    action_repr: str = "absolute"  # absolute | relative (to the latest EE pose; see policy.action_repr)
     obs_clip: float = 5.0  # normalised low-dim observations clipped to +-this (as DPPO)
     mlp: MLPDenoiserConfig = field(default_factory=MLPDenoiserConfig)
     unet: UNetDenoiserConfig = field(default_factory=UNetDenoiserConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     obs: ObsEncoderConfig = field(default_factory=ObsEncoderConfig)
+
+    def __post_init__(self) -> None:
+        if self.action_repr not in REPRS:
+            raise ValueError(f"action_repr must be one of {REPRS}, got '{self.action_repr}'")
+        if self.action_repr == RELATIVE and "state" not in self.obs.lowdim_keys:
+            raise ValueError("action_repr=relative needs 'state' (the EE pose) among obs.lowdim_keys")
+        if self.act_steps > self.exec_horizon:
+            raise ValueError(f"act_steps={self.act_steps} exceeds the {self.exec_horizon} future actions of a chunk "
+                             f"(horizon {self.horizon} - obs_history {self.obs.obs_history} + 1)")
+
+    @property
+    def exec_start(self) -> int:
+        """Index of the action for the current step in a predicted chunk.
+
+        Training windows align the chunk with the observation history (the first
+        `obs_history - 1` actions are the ones already taken, as in diffusion_policy), so the
+        action to execute now is at `obs_history - 1`.
+        """
+        return self.obs.obs_history - 1
+
+    @property
+    def exec_horizon(self) -> int:
+        return self.horizon - self.exec_start
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -52,7 +77,8 @@ class DiffusionPolicy(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.normalizer = normalizer
-        for key in (*cfg.obs.lowdim_keys, "action"):
+        self.action_key = RELATIVE_KEY if cfg.action_repr == RELATIVE else "action"
+        for key in (*cfg.obs.lowdim_keys, self.action_key):
             if key not in normalizer:
                 raise KeyError(f"normalizer lacks statistics for '{key}'")
         self.encoder = ObsEncoder(cfg.obs)
@@ -72,9 +98,23 @@ class DiffusionPolicy(nn.Module):
             lowdim = lowdim.clamp(-self.cfg.obs_clip, self.cfg.obs_clip)
         return self.encoder(obs, lowdim)
 
+    def encode_actions(self, action: torch.Tensor, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Raw absolute chunk (B, H, 10) -> the normalised chunk the denoiser models."""
+        if self.cfg.action_repr == RELATIVE:
+            rel = to_relative(action, obs["state"][:, -1].float())
+            return self.normalizer.normalize(RELATIVE_KEY, rel.flatten(1)).view_as(rel)
+        return self.normalizer.normalize("action", action)
+
+    def decode_actions(self, x: torch.Tensor, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Inverse of `encode_actions`: normalised chunk -> raw absolute EE targets."""
+        if self.cfg.action_repr == RELATIVE:
+            rel = self.normalizer.unnormalize(RELATIVE_KEY, x.flatten(1)).view_as(x)
+            return to_absolute(rel, obs["state"][:, -1].float())
+        return self.normalizer.unnormalize("action", x)
+
     def loss(self, obs: Mapping[str, torch.Tensor], action: torch.Tensor) -> torch.Tensor:
         """DDPM loss on a batch: obs values (B, T, ...), action (B, horizon, action_dim) raw."""
-        x0 = self.normalizer.normalize("action", action.float())
+        x0 = self.encode_actions(action.float(), obs)
         cond = self.condition(obs)
         b = x0.shape[0]
         t = torch.randint(0, self.schedule.steps, (b,), device=x0.device)
@@ -110,7 +150,8 @@ class DiffusionPolicy(nn.Module):
 
     @torch.no_grad()
     def act(self, obs: Mapping[str, np.ndarray | torch.Tensor], **sample_kw) -> np.ndarray:
-        """Raw observations with history (B, T, ...) -> denormalised action chunk (B, horizon, 10).
+        """Raw observations with history (B, T, ...) -> the actions to execute from now on,
+        denormalised: (B, horizon - obs_history + 1, 10); run the first `act_steps` of them.
 
         The rotation part is re-orthonormalised so every action is a valid pose.
         """
@@ -118,7 +159,8 @@ class DiffusionPolicy(nn.Module):
         batch = {k: torch.as_tensor(np.asarray(v)).to(device) for k, v in obs.items()
                  if k in self.cfg.obs.lowdim_keys or k.startswith("rgb/")}
         x = self.sample(batch, **sample_kw)
-        actions = self.normalizer.unnormalize("action", x).cpu().numpy().astype(np.float32)
+        x = self.decode_actions(x, batch)[:, self.cfg.exec_start:]  # drop past steps of the history window
+        actions = x.cpu().numpy().astype(np.float32)
         if self.cfg.action_dim == 10:
             actions[..., 3:9] = matrix_to_rot6d(rot6d_to_matrix(actions[..., 3:9])).astype(np.float32)
         if not np.all(np.isfinite(actions)):

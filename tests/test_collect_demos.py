@@ -48,6 +48,49 @@ def test_scripted_collection_resume_and_replay(tmp_path):
     assert (tmp_path / "ep2.mp4").stat().st_size > 1000
 
 
+def test_perturbation_noise_scales_with_the_expert_move_and_keeps_rotations_valid():
+    from tools.collect_demos import perturb_actions
+
+    rng = np.random.default_rng(0)
+    state = np.zeros((2000, 10))
+    state[:, 3:9] = [1, 0, 0, 0, 1, 0]
+    actions = state.copy()
+    actions[:1000, 0] = 0.03  # first half moves at full speed, second half stands still
+    out = perturb_actions(actions, state, rng, pos_std=0.006, rot_std_deg=2.0, full_speed=0.03)
+    noise = out[:, :3] - actions[:, :3]
+    assert abs(noise[:1000].std() - 0.006) < 0.0005  # full pos_std when moving at full speed
+    assert abs(noise[1000:].std() - 0.0006) < 0.0001  # a tenth of it while holding still
+    rows = out[:, 3:9].reshape(-1, 2, 3)
+    np.testing.assert_allclose(np.linalg.norm(rows, axis=-1), 1.0, atol=1e-6)
+    angle = np.degrees(np.arccos(np.clip(rows[:1000, 0, 0], -1, 1)))
+    assert 0.5 < np.median(angle) < 3.0
+    np.testing.assert_array_equal(out[:, 9], actions[:, 9])  # the gripper is never perturbed
+
+
+def test_perturbed_collection_records_the_clean_expert_action(tmp_path):
+    """DART: the executed action is noisy, the label is the expert's. Replaying the labels
+    from the recorded seed therefore does *not* reproduce the recorded states."""
+    out = tmp_path / "dart.zarr"
+    collect_scripted(_cfg([f"out={out}", "n=1", "env.n_envs=1", "env.n_workers=0", "obs=state",
+                           "perturb.pos_std=0.006", "perturb.rot_std_deg=2"]))
+    ds = EpisodeDataset(out)
+    ep = ds.episode(0)
+    from sim.backends.mujoco_one_leg import OneLegMujocoEnv
+    from sim.config import EnvConfig
+    from sim.experts.one_leg import OneLegExpert
+
+    env = OneLegMujocoEnv(EnvConfig(obs_mode="state", randomness="low"), render_mode=None)
+    expert = OneLegExpert()
+    expert.reset(ds.info(0).meta["seed"])
+    # the expert, fed the recorded observations, gives exactly the recorded labels
+    labels = np.stack([expert.act({"state": s, "parts": p}) for s, p in zip(ep["state"][:50], ep["parts"][:50])])
+    np.testing.assert_allclose(labels, ep["action"][:50], atol=1e-6)
+    obs, _ = env.reset(seed=ds.info(0).meta["seed"])
+    for a in ep["action"][:30]:
+        obs, *_ = env.step(a)
+    assert np.abs(obs["state"][:3] - ep["state"][30, :3]).max() > 1e-3
+
+
 def test_existing_dataset_needs_resume_or_overwrite(tmp_path):
     out = tmp_path / "demos.zarr"
     out.mkdir()

@@ -151,3 +151,50 @@ def test_obs_history_pads_new_episodes():
     np.testing.assert_array_equal(s["state"][:, :, 0], [[1, 2], [10, 11]])
     h.reset({"state": np.array([[3.0], [99.0]])}, envs=np.array([1]))
     np.testing.assert_array_equal(h.stacked()["state"][:, :, 0], [[1, 2], [99, 99]])
+
+
+def random_poses(n, seed):
+    from data.rotation import axis_angle_to_matrix, matrix_to_rot6d
+
+    rng = np.random.default_rng(seed)
+    axes = rng.normal(size=(n, 3))
+    rots = np.stack([axis_angle_to_matrix(a / np.linalg.norm(a), rng.uniform(0, np.pi)) for a in axes])
+    return np.concatenate([rng.uniform(-0.5, 0.5, (n, 3)), matrix_to_rot6d(rots), rng.uniform(0, 0.08, (n, 1))], -1)
+
+
+def test_relative_actions_round_trip_and_are_relative_to_the_ee():
+    from policy.action_repr import to_absolute, to_relative
+
+    ee = torch.tensor(random_poses(4, 0), dtype=torch.float64)
+    chunk = torch.tensor(random_poses(4 * 6, 1), dtype=torch.float64).view(4, 6, 10)
+    rel = to_relative(chunk, ee)
+    torch.testing.assert_close(to_absolute(rel, ee), chunk, atol=1e-9, rtol=0)
+    torch.testing.assert_close(rel[..., 9], chunk[..., 9])  # gripper width stays absolute
+    # a target equal to the EE pose is the identity: zero translation, rotation rows e1, e2
+    same = to_relative(ee[:, None], ee)[:, 0]
+    torch.testing.assert_close(same[:, :9], torch.tensor([0, 0, 0, 1, 0, 0, 0, 1, 0.0], dtype=torch.float64)
+                               .expand(4, 9), atol=1e-9, rtol=0)
+
+
+def test_relative_policy_acts_from_the_current_step_in_absolute_coordinates():
+    """With obs_history 2 the chunk's first action belongs to the previous step: `act` drops it
+    and returns absolute targets decoded against the latest EE pose."""
+    from policy.action_repr import RELATIVE_KEY
+
+    rng = np.random.default_rng(0)
+    h = 6
+    norm = normalizer()
+    rel = Normalizer.from_arrays({RELATIVE_KEY: rng.normal(scale=0.01, size=(64, h * 10))}, {RELATIVE_KEY: "minmax"})
+    norm = Normalizer({**norm.keys, **rel.keys})
+    cfg = small_cfg(cameras=(), horizon=h)
+    cfg.obs.obs_history, cfg.action_repr = 2, "relative"
+    p = DiffusionPolicy(PolicyConfig.from_dict(cfg.to_dict()), norm).eval()
+    state = random_poses(2 * 2, 3).reshape(2, 2, 10).astype(np.float32)
+    a = p.act({"state": state}, generator=torch.Generator().manual_seed(0))
+    assert a.shape == (2, h - 1, 10)
+    # every target is within the relative statistics' range (~3 cm) of the *latest* EE position
+    assert np.abs(a[..., :3] - state[:, -1:, :3]).max() < 0.05
+    with pytest.raises(ValueError, match="exceeds"):
+        PolicyConfig(horizon=4, act_steps=4, obs=ObsEncoderConfig(obs_history=2))
+    with pytest.raises(ValueError, match="needs 'state'"):
+        PolicyConfig(action_repr="relative", obs=ObsEncoderConfig(lowdim_keys=["parts"]))

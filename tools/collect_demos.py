@@ -50,6 +50,31 @@ def open_writer(cfg: DictConfig, attrs: dict[str, Any]) -> EpisodeWriter:
     return EpisodeWriter.open_or_create(out, attrs, resume=bool(cfg.resume))
 
 
+def perturb_actions(actions: np.ndarray, state: np.ndarray, rng: np.random.Generator, pos_std: float,
+                    rot_std_deg: float, full_speed: float) -> np.ndarray:
+    """Executed actions = expert actions + Gaussian pose noise (DART, Laskey et al. 2017).
+
+    The dataset keeps the expert's clean action as the label, so demos contain the states a
+    slightly-off learner drifts into *and* the expert's correction from them: a cloned
+    policy learns to recover instead of compounding its errors. The noise scales with how far
+    the expert moves this step (relative to `full_speed`), so the slow, sub-millimetre phases
+    (alignment over the hole) stay feasible while fast transport moves get the full `pos_std`.
+    """
+    from data.rotation import axis_angle_to_matrix, matrix_to_rot6d, rot6d_to_matrix
+
+    out = np.array(actions, dtype=np.float64, copy=True)
+    move = np.linalg.norm(out[:, :3] - state[:, :3], axis=-1)
+    scale = np.clip(move / full_speed, 0.1, 1.0)[:, None]
+    out[:, :3] += rng.normal(0.0, pos_std, (len(out), 3)) * scale
+    if rot_std_deg > 0:
+        for i in range(len(out)):
+            axis = rng.normal(size=3)
+            angle = np.radians(rng.normal(0.0, rot_std_deg)) * float(scale[i, 0])
+            rot = axis_angle_to_matrix(axis / np.linalg.norm(axis), angle) @ rot6d_to_matrix(out[i, 3:9])
+            out[i, 3:9] = matrix_to_rot6d(rot)
+    return out.astype(np.asarray(actions).dtype)
+
+
 def collect_scripted(cfg: DictConfig) -> dict[str, Any]:
     envs = make_vector_env_from_hydra(cfg, n_envs=min(int(cfg.env.n_envs), int(cfg.n)))
     n_envs = envs.num_envs
@@ -65,17 +90,24 @@ def collect_scripted(cfg: DictConfig) -> dict[str, Any]:
         episode_seeds = np.asarray(infos["episode_seed"]).copy()
         for i in range(n_envs):
             experts.reset(i, seed=int(episode_seeds[i]))
-        written, successes, steps, t0 = 0, 0, 0, time.perf_counter()
+        noise_rng = np.random.default_rng([int(cfg.seed), start_count, 7])
+        pcfg = cfg.perturb
+        written, successes, finished, steps, t0 = 0, 0, 0, 0, time.perf_counter()
         with tqdm(total=int(cfg.n), desc=f"{cfg.source} demos", unit="ep") as bar:
             while written < cfg.n:
                 actions = experts.act(obs)
+                executed = actions
+                if pcfg.pos_std > 0 or pcfg.rot_std_deg > 0:
+                    executed = perturb_actions(actions, obs["state"], noise_rng, float(pcfg.pos_std),
+                                               float(pcfg.rot_std_deg), float(cfg.expert.max_speed))
                 prev_obs = obs  # the vector env returns fresh arrays every step
-                obs, rewards, terminated, truncated, infos = envs.step(actions)
-                recorder.add(prev_obs, actions, rewards)
+                obs, rewards, terminated, truncated, infos = envs.step(executed)
+                recorder.add(prev_obs, actions, rewards)  # the label is the expert's clean action
                 steps += n_envs
                 for i in np.flatnonzero(terminated | truncated):
                     final = infos["final_info"][i]
                     ok = bool(final["success"])
+                    finished += written < cfg.n  # attempts while the quota was open
                     if (ok or cfg.keep_failures) and written < cfg.n:
                         recorder[i].finish(success=ok, source="scripted", seed=int(episode_seeds[i]),
                                            operator="scripted_expert", env_index=int(i), notes=cfg.notes)
@@ -89,7 +121,7 @@ def collect_scripted(cfg: DictConfig) -> dict[str, Any]:
                     experts.reset(int(i), seed=int(episode_seeds[i]))
     finally:
         envs.close()
-    return {"episodes_written": written, "successes": successes, "env_steps": steps,
+    return {"episodes_written": written, "successes": successes, "episodes_finished": finished, "env_steps": steps,
             "wall_s": time.perf_counter() - t0}
 
 
@@ -161,7 +193,9 @@ def summarize(path: Path) -> str:
 def main(cfg: DictConfig) -> None:
     if cfg.source == "scripted":
         stats = collect_scripted(cfg)
-        log.info("%d episodes in %.1f s (%.0f env-steps/s)", stats["episodes_written"], stats["wall_s"],
+        log.info("%d episodes written, %d finished (expert success %.2f), in %.1f s (%.0f env-steps/s)",
+                 stats["episodes_written"], stats["episodes_finished"],
+                 stats["successes"] / max(1, stats["episodes_finished"]), stats["wall_s"],
                  stats["env_steps"] / stats["wall_s"])
     elif cfg.source in ("keyboard", "spacemouse"):
         teleoperate(cfg)
