@@ -265,9 +265,13 @@ class Trainer:
                 res = self.evaluate()
                 if res is not None:
                     writer.add_scalar("eval/success_rate", res["success_rate"], self.step)
-                    self.history.append({"step": self.step, "success_rate": res["success_rate"]})
-                    log.info("step %d: success %.2f over %d episodes", self.step, res["success_rate"],
-                             len(res["episodes"]))
+                    rates = dict(res.get("milestone_rates", {}))
+                    for name, rate in rates.items():
+                        writer.add_scalar(f"eval/milestone/{name}", rate, self.step)
+                    self.history.append({"step": self.step, "success_rate": res["success_rate"], "milestones": rates})
+                    log.info("step %d: success %.2f over %d episodes; milestones %s", self.step,
+                             res["success_rate"], len(res["episodes"]),
+                             ", ".join(f"{k} {v:.2f}" for k, v in rates.items()))
             if self.rank == 0 and (self.step % int(tc.save_every) == 0 or self.step == stop):
                 self.save("last.pt")
                 if self.step % int(tc.save_every) == 0:
@@ -294,12 +298,17 @@ def plot_history(history: list[dict[str, Any]], path: Path) -> None:
     ax[0].set_xlabel("step")
     ax[0].set_ylabel("diffusion loss")
     ax[0].legend()
-    pts = [(h["step"], h["success_rate"]) for h in history if "success_rate" in h]
-    if pts:
-        ax[1].plot(*zip(*pts), "o-")
+    evals = [h for h in history if "success_rate" in h]
+    names = [m for m in (evals[-1].get("milestones") or {}) if m != "success"] if evals else []
+    for name in names:  # partial progress: how far the episodes got
+        pts = [(h["step"], h["milestones"][name]) for h in evals if name in (h.get("milestones") or {})]
+        ax[1].plot(*zip(*pts), ".--", alpha=0.7, label=name.replace("_", " "))
+    if evals:
+        ax[1].plot([h["step"] for h in evals], [h["success_rate"] for h in evals], "ko-", label="success")
+        ax[1].legend(fontsize=7)
     ax[1].set_ylim(-0.05, 1.05)
     ax[1].set_xlabel("step")
-    ax[1].set_ylabel("sim success rate")
+    ax[1].set_ylabel("sim rollout rate")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -56,7 +56,8 @@ def evaluate_policy(policy, cfg: Mapping[str, Any], episodes: int = 8, n_envs: i
                 for i in idx:
                     final = infos["final_info"][i]
                     if len(results) < episodes:
-                        results.append({"env": int(i), "success": bool(final["success"]), "length": int(final["steps"])})
+                        results.append({"env": int(i), "success": bool(final["success"]), "length": int(final["steps"]),
+                                        "milestones": dict(final.get("milestones", {}))})
                         bar.update(1)
                     queues[i] = []
                 history.reset(obs, envs=idx)  # the new episodes start with a fresh history
@@ -65,6 +66,8 @@ def evaluate_policy(policy, cfg: Mapping[str, Any], episodes: int = 8, n_envs: i
     finally:
         envs.close()
     succ = [r["success"] for r in results]
-    return {"success_rate": float(np.mean(succ)), "episodes": results,
+    names = list(results[0]["milestones"]) if results else []
+    milestone_rates = {m: float(np.mean([r["milestones"][m] for r in results])) for m in names}
+    return {"success_rate": float(np.mean(succ)), "milestone_rates": milestone_rates, "episodes": results,
             "mean_length": float(np.mean([r["length"] for r in results])), "wall_s": time.perf_counter() - t0}
 

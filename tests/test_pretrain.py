@@ -51,3 +51,24 @@ def test_resumed_chunks_match_an_uninterrupted_run(tmp_path):
     resumed_from = torch.load(tmp_path / "chunks" / "step_4.pt", weights_only=True)["train"]["step"]
     assert resumed_from == 4
     assert (tmp_path / "chunks" / "last.pt").exists() and (tmp_path / "chunks" / "learning_curve.png").exists()
+
+
+def test_rollout_evaluation_runs_chunks_in_sim_and_reports_milestones(tmp_path):
+    """The trainer's sim evaluation: episodes of a (barely trained) relative-action policy in
+    the real one_leg env, chunked, with per-episode milestones and their rates."""
+    tiny_dataset(tmp_path / "tiny.zarr")
+    cfg = cfg_for(tmp_path, tmp_path / "ev", ["eval.every=8", "eval.episodes=3", "eval.n_envs=2", "eval.n_workers=0",
+                                              "eval.video=false", "task.max_episode_steps=10",
+                                              "policy.obs_history=2", "policy.act_steps=3"])
+    trainer = Trainer(cfg)
+    assert trainer.pcfg.action_repr == "relative"
+    trainer.train()
+    res = trainer.evaluate()
+    assert len(res["episodes"]) == 3 and res["success_rate"] == 0.0
+    # truncated at the task's step limit, or earlier if the random arm knocked a part off the table
+    assert all(1 <= e["length"] <= 10 for e in res["episodes"])
+    assert set(res["milestone_rates"]) == {"top_in_corner", "leg_lifted", "leg_upright", "thread_engaged",
+                                           "success"}
+    assert res["milestone_rates"]["thread_engaged"] == 0.0
+    evals = [h for h in trainer.history if "success_rate" in h]
+    assert evals and evals[-1]["milestones"] == res["milestone_rates"]

@@ -175,6 +175,7 @@ class OneLegMujocoEnv(gym.Env):
         mujoco.mj_step(self.model, self.data, nstep=self.substeps)  # let contacts settle
         mujoco.mj_forward(self.model, self.data)
         self.steps = 0
+        self.reached = {m: False for m in T.MILESTONES}  # latched over the episode
         obs = self._observe()
         return obs, self._info(success=False)
 
@@ -296,7 +297,12 @@ class OneLegMujocoEnv(gym.Env):
 
     def _info(self, success: bool) -> dict[str, Any]:
         h = self.thread.engaged_hole
+        tp, _ = self.body_pose("top")
+        lp, lr = self.body_pose("leg")
+        for name, now in T.milestones(tp, lp, lr, h >= 0, success).items():
+            self.reached[name] |= now
         return {
+            "milestones": dict(self.reached),
             "success": bool(success),
             "engaged": h >= 0,
             "thread_depth": self.thread.slide(h) if h >= 0 else float("nan"),

@@ -95,6 +95,25 @@ def top_in_corner(top_pos: np.ndarray, tol: float = 0.01) -> bool:
     return bool(np.linalg.norm(top_pos[:2] - G.TOP_CORNER_POS[:2]) < tol)
 
 
+MILESTONES = ("top_in_corner", "leg_lifted", "leg_upright", "thread_engaged", "success")
+
+
+def milestones(top_pos, leg_pos, leg_rot, engaged: bool, success: bool) -> dict[str, bool]:
+    """Physical sub-goals of one_leg, in task order, for partial-progress reports.
+
+    Judged on the scene alone (not on any policy's internal phase), so the expert, a cloned
+    policy and a fine-tuned one are measured with the same ruler.
+    """
+    axis_up = abs(float(np.asarray(leg_rot)[2, 1]))  # the leg's long axis is its body y
+    return {
+        "top_in_corner": top_in_corner(np.asarray(top_pos), tol=0.01),
+        "leg_lifted": bool(leg_pos[2] > G.LEG_REST_POS[2] + 0.05),
+        "leg_upright": bool(axis_up > np.cos(np.radians(15.0))),
+        "thread_engaged": bool(engaged),
+        "success": bool(success),
+    }
+
+
 def dense_reward(top_pos, top_rot, leg_pos, leg_rot, ee_pos, engaged: bool, slide: float, success: bool) -> float:
     """Optional per-phase shaping in [0, 1]: corner, reach, lift, insert, screw."""
     if success:
