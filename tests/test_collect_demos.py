@@ -17,7 +17,8 @@ def _cfg(overrides):
 
 def test_scripted_collection_resume_and_replay(tmp_path):
     out = tmp_path / "demos.zarr"
-    base = [f"out={out}", "env.n_envs=2", "env.n_workers=2", "obs.image_hw=[32,32]"]
+    base = [f"out={out}", "env.n_envs=2", "env.n_workers=2", "obs.image_hw=[32,32]",
+            "perturb.pos_std=0", "perturb.rot_std_deg=0"]  # the clean expert: every episode succeeds
     stats = collect_scripted(_cfg(base + ["n=2"]))
     assert stats["episodes_written"] == 2
     ds = EpisodeDataset(out)
