@@ -72,3 +72,20 @@ def test_rollout_evaluation_runs_chunks_in_sim_and_reports_milestones(tmp_path):
     assert res["milestone_rates"]["thread_engaged"] == 0.0
     evals = [h for h in trainer.history if "success_rate" in h]
     assert evals and evals[-1]["milestones"] == res["milestone_rates"]
+
+
+def test_eval_policy_tool_takes_the_obs_setup_from_the_checkpoint(tmp_path):
+    """tools/eval_policy.py: a checkpoint in, success and milestone rates + summary.json out."""
+    from tests.conftest import compose_config
+    from tools.eval_policy import run
+
+    tiny_dataset(tmp_path / "tiny.zarr")
+    Trainer(cfg_for(tmp_path, tmp_path / "run")).train()
+    cfg = compose_config("eval_policy", [f"checkpoint={tmp_path / 'run' / 'last.pt'}", "episodes=2", "env.n_envs=2",
+                                         "env.n_workers=0", "task.max_episode_steps=6", "video.enabled=false",
+                                         "obs=pixel"])  # the checkpoint is state-only: overridden
+    summary = run(cfg, tmp_path)
+    assert cfg.obs.mode == "state"
+    assert summary["episodes"] == 2 and summary["success_rate"] == 0.0
+    assert set(summary["milestone_rates"]) >= {"leg_lifted", "thread_engaged"}
+    assert (tmp_path / "summary.json").exists()
