@@ -40,8 +40,14 @@ def test_milestones_are_false_at_reset_and_judge_the_scene():
     assert not any(info["milestones"].values())
     lying = G.LEG_REST_ROT
     standing = np.array([[1.0, 0, 0], [0, 0, -1], [0, 1, 0]])  # body y along world z
-    m = milestones(G.TOP_CORNER_POS + [0.004, 0, 0], G.LEG_REST_POS + [0, 0, 0.06], rot_z(0.3) @ standing, False, False)
-    assert m == {"top_in_corner": True, "leg_lifted": True, "leg_upright": True, "thread_engaged": False,
+    on_table = np.array([0.3, 0.1, G.TABLE_Z - G.PEG_Y[0] + 0.001])  # peg end 1 mm above the table
+    m = milestones(G.TOP_CORNER_POS + [0.004, 0, 0], on_table, rot_z(0.3) @ standing, False, False)
+    assert m == {"top_in_corner": True, "leg_lifted": False, "leg_upright": True, "thread_engaged": False,
                  "success": False}
+    hanging = on_table + [0, 0, 0.08]  # vertical, but held up in the air
+    m = milestones(G.TOP_CORNER_POS, hanging, standing, False, False)
+    assert m["leg_lifted"] and not m["leg_upright"]
+    m = milestones(G.TOP_CORNER_POS, on_table + [0, 0, 2 * G.PEG_Y[0]], -standing, False, False)  # peg up
+    assert not m["leg_upright"]
     m = milestones(G.TOP_CORNER_POS + [0.02, 0, 0], G.LEG_REST_POS, lying, False, False)
     assert not any(m.values())

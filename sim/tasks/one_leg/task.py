@@ -104,11 +104,14 @@ def milestones(top_pos, leg_pos, leg_rot, engaged: bool, success: bool) -> dict[
     Judged on the scene alone (not on any policy's internal phase), so the expert, a cloned
     policy and a fine-tuned one are measured with the same ruler.
     """
-    axis_up = abs(float(np.asarray(leg_rot)[2, 1]))  # the leg's long axis is its body y
+    axis = np.asarray(leg_rot)[:, 1]  # the leg's long axis is its body y; the peg is at -y
+    peg_end_z = float(leg_pos[2] + axis[2] * G.PEG_Y[0])
+    # standing peg-down on the table or on the tabletop (not merely hanging from the gripper)
+    upright = axis[2] > np.cos(np.radians(15.0)) and peg_end_z < G.TABLE_Z + 0.03
     return {
         "top_in_corner": top_in_corner(np.asarray(top_pos), tol=0.01),
         "leg_lifted": bool(leg_pos[2] > G.LEG_REST_POS[2] + 0.05),
-        "leg_upright": bool(axis_up > np.cos(np.radians(15.0))),
+        "leg_upright": bool(upright),
         "thread_engaged": bool(engaged),
         "success": bool(success),
     }
