@@ -25,6 +25,14 @@ class ObsEncoderConfig:
     vit: ViTConfig = field(default_factory=ViTConfig)
     state_hidden: int = 64
     augment_shift: bool = True
+    backbone: str = "vit"  # vit: ours, from scratch | timm: a timm model (policy/backbones.py)
+    timm_model: str = "resnet18"
+    timm_weights: str | None = None  # local file read once before training; never downloaded
+    freeze_backbone: bool = False
+
+    def __post_init__(self) -> None:
+        if self.backbone not in ("vit", "timm"):
+            raise ValueError(f"backbone must be 'vit' or 'timm', got '{self.backbone}'")
 
     @property
     def out_dim(self) -> int:
@@ -36,10 +44,26 @@ class ObsEncoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         n_vit = 1 if cfg.share_vit else len(cfg.cameras)
-        self.vits = nn.ModuleList(ViTEncoder(cfg.vit) for _ in range(n_vit)) if cfg.cameras else nn.ModuleList()
+        self.vits = nn.ModuleList(self._image_encoder() for _ in range(n_vit)) if cfg.cameras else nn.ModuleList()
         self.state_mlp = nn.Sequential(nn.Linear(cfg.state_dim, cfg.state_hidden), nn.Mish(),
                                        nn.Linear(cfg.state_hidden, cfg.state_hidden))
         self.shift_pad = shift_pad_for(tuple(cfg.image_hw))
+
+    def _image_encoder(self) -> nn.Module:
+        if self.cfg.backbone == "timm":
+            from policy.backbones import TimmEncoder
+
+            return TimmEncoder(self.cfg.timm_model, self.cfg.vit.out_dim, freeze=self.cfg.freeze_backbone)
+        return ViTEncoder(self.cfg.vit)
+
+    def load_pretrained_backbones(self) -> bool:
+        """Read `timm_weights` into every camera's backbone (before training; a checkpoint
+        already holds them afterwards). Returns whether anything was loaded."""
+        if self.cfg.backbone != "timm" or not self.cfg.timm_weights or not self.cfg.cameras:
+            return False
+        for enc in self.vits:
+            enc.load_weights(self.cfg.timm_weights)
+        return True
 
     @property
     def out_dim(self) -> int:

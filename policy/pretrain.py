@@ -57,7 +57,9 @@ def policy_config(cfg: DictConfig, state_dim: int) -> PolicyConfig:
                              obs_history=int(p.obs_history), share_vit=bool(p.share_vit),
                              lowdim_keys=list(p.lowdim_keys),
                              vit=ViTConfig(**OmegaConf.to_container(p.vit)), state_hidden=int(p.state_hidden),
-                             augment_shift=bool(p.augment_shift)),
+                             augment_shift=bool(p.augment_shift), backbone=str(p.backbone),
+                             timm_model=str(p.timm.model), timm_weights=p.timm.weights,
+                             freeze_backbone=bool(p.timm.freeze)),
     )
 
 
@@ -133,18 +135,22 @@ class Trainer:
                                "state_dim": state_dim}, "action": ActionSchema().to_dict(),
                        "dataset": str(cfg.dataset), "task": cfg.task.name}
 
-        self.policy = DiffusionPolicy(self.pcfg, self.normalizer).to(self.device)
+        self.policy = DiffusionPolicy(self.pcfg, self.normalizer)
+        resuming = bool(cfg.resume) and (self.out / "last.pt").exists()
+        if not resuming and self.policy.encoder.load_pretrained_backbones():
+            log.info("image backbones initialised from %s", self.pcfg.obs.timm_weights)
+        self.policy.to(self.device)
         self.model = self.policy
         if self.world > 1:
             self.model = torch.nn.parallel.DistributedDataParallel(self.policy)
         self.ema = EMA(self.policy, power=float(cfg.train.ema_power))
-        self.opt = torch.optim.AdamW(self.policy.parameters(), lr=float(cfg.train.lr),
+        self.opt = torch.optim.AdamW([q for q in self.policy.parameters() if q.requires_grad], lr=float(cfg.train.lr),
                                      weight_decay=float(cfg.train.weight_decay))
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(int(cfg.train.warmup_steps),
                                                                            int(cfg.train.steps)))
         self.step = 0
         self.history: list[dict[str, Any]] = []
-        if cfg.resume and (self.out / "last.pt").exists():
+        if resuming:
             self._resume(self.out / "last.pt")
 
     # --- persistence -------------------------------------------------------------------------

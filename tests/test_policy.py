@@ -198,3 +198,46 @@ def test_relative_policy_acts_from_the_current_step_in_absolute_coordinates():
         PolicyConfig(horizon=4, act_steps=4, obs=ObsEncoderConfig(obs_history=2))
     with pytest.raises(ValueError, match="needs 'state'"):
         PolicyConfig(action_repr="relative", obs=ObsEncoderConfig(lowdim_keys=["parts"]))
+
+
+def test_timm_backbone_from_a_local_weight_file(tmp_path):
+    """A timm backbone takes its weights from a local file (classifier ignored), never from the
+    network; any resolution works; the trained weights then travel in the policy checkpoint."""
+    timm = pytest.importorskip("timm")
+    from policy.backbones import TimmEncoder
+
+    torch.manual_seed(0)
+    donor = timm.create_model("resnet18", pretrained=False, num_classes=10)  # "pretrained" net with a head
+    torch.save({"state_dict": donor.state_dict()}, tmp_path / "r18.pth")
+    cfg = small_cfg(cameras=("front",), hw=(40, 56))
+    cfg.obs.backbone, cfg.obs.timm_model, cfg.obs.timm_weights = "timm", "resnet18", str(tmp_path / "r18.pth")
+    p = DiffusionPolicy(PolicyConfig.from_dict(cfg.to_dict()), normalizer())
+    assert p.encoder.load_pretrained_backbones()
+    enc = p.encoder.vits[0]
+    assert isinstance(enc, TimmEncoder)
+    torch.testing.assert_close(enc.net.conv1.weight, donor.conv1.weight)
+    assert enc(torch.rand(2, 3, 40, 56)).shape == (2, 32) and enc(torch.rand(1, 3, 96, 96)).shape == (1, 32)
+
+    ema = EMA(p)
+    path = save_checkpoint(tmp_path / "p.pt", p, ema=ema)
+    (tmp_path / "r18.pth").unlink()  # deployment does not need the original file
+    q = policy_pkg.load(path, use_ema=False)
+    p.eval()
+    obs = {k: v.numpy() for k, v in batch(hw=(40, 56)).items()}
+    np.testing.assert_array_equal(p.act(obs, generator=torch.Generator().manual_seed(1)),
+                                  q.act(obs, generator=torch.Generator().manual_seed(1)))
+    with pytest.raises(FileNotFoundError, match="never downloaded"):
+        p.encoder.load_pretrained_backbones()
+    torch.save(timm.create_model("resnet34", pretrained=False).state_dict(), tmp_path / "r34.pth")
+    with pytest.raises(ValueError, match="does not fit"):
+        enc.load_weights(tmp_path / "r34.pth")
+
+
+def test_frozen_backbone_is_not_trained():
+    pytest.importorskip("timm")
+    cfg = small_cfg(cameras=("front",))
+    cfg.obs.backbone, cfg.obs.timm_model, cfg.obs.freeze_backbone = "timm", "resnet18", True
+    p = DiffusionPolicy(PolicyConfig.from_dict(cfg.to_dict()), normalizer()).train()
+    enc = p.encoder.vits[0]
+    assert not any(q.requires_grad for q in enc.net.parameters()) and enc.proj.weight.requires_grad
+    assert not enc.net.training  # batch-norm statistics stay as loaded
