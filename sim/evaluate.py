@@ -21,6 +21,8 @@ def evaluate_policy(policy, cfg: Mapping[str, Any], episodes: int = 8, n_envs: i
                     ddim_steps: int | None = None, seed: int = 100_000, video_dir: str | Path | None = None,
                     video_episodes: int = 1, progress: bool = False) -> dict[str, Any]:
     """`cfg` is a Hydra config with task/sim/env/obs groups (the env the policy runs in)."""
+    import torch
+
     from policy.diffusion_policy import ObsHistory
     from sim.make import make_vector_env_from_hydra
     from sim.video import record_first_env
@@ -34,6 +36,8 @@ def evaluate_policy(policy, cfg: Mapping[str, Any], episodes: int = 8, n_envs: i
     queues: list[list[np.ndarray]] = [[] for _ in range(n_envs)]
     results: list[dict[str, Any]] = []
     t0 = time.perf_counter()
+    device = next(policy.parameters()).device
+    noise = torch.Generator(device=device).manual_seed(seed)  # denoising noise: reproducible evaluations
     try:
         obs, _ = envs.reset(seed=seed)
         history.reset(obs)
@@ -44,7 +48,7 @@ def evaluate_policy(policy, cfg: Mapping[str, Any], episodes: int = 8, n_envs: i
         while len(results) < episodes:
             need = [i for i in range(n_envs) if not queues[i]]
             if need:
-                chunk = policy.act({k: v[need] for k, v in stacked.items()}, steps=ddim_steps)
+                chunk = policy.act({k: v[need] for k, v in stacked.items()}, steps=ddim_steps, generator=noise)
                 for j, i in enumerate(need):
                     queues[i] = list(chunk[j, : policy.cfg.act_steps])
             actions = np.stack([q.pop(0) for q in queues])

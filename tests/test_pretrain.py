@@ -70,6 +70,8 @@ def test_rollout_evaluation_runs_chunks_in_sim_and_reports_milestones(tmp_path):
     assert set(res["milestone_rates"]) == {"top_in_corner", "leg_lifted", "leg_upright", "thread_engaged",
                                            "success"}
     assert res["milestone_rates"]["thread_engaged"] == 0.0
+    again = trainer.evaluate()  # same env seeds and denoising noise: the same episodes
+    assert again["episodes"] == res["episodes"]
     evals = [h for h in trainer.history if "success_rate" in h]
     assert evals and evals[-1]["milestones"] == res["milestone_rates"]
 
