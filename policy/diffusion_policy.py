@@ -112,6 +112,10 @@ class DiffusionPolicy(nn.Module):
             return to_absolute(rel, obs["state"][:, -1].float())
         return self.normalizer.unnormalize("action", x)
 
+    def forward(self, obs: Mapping[str, torch.Tensor], action: torch.Tensor) -> torch.Tensor:
+        """The training loss: calling the module (not `.loss`) lets DDP synchronise gradients."""
+        return self.loss(obs, action)
+
     def loss(self, obs: Mapping[str, torch.Tensor], action: torch.Tensor) -> torch.Tensor:
         """DDPM loss on a batch: obs values (B, T, ...), action (B, horizon, action_dim) raw."""
         x0 = self.encode_actions(action.float(), obs)

@@ -199,8 +199,7 @@ class Trainer:
         obs, action = self._to_device(batch)
         use_amp = bool(self.cfg.train.amp) and self.device.type == "cuda"
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
-            module = self.model.module if hasattr(self.model, "module") else self.model
-            return module.loss(obs, action)
+            return self.model(obs, action)  # through the DDP wrapper when distributed
 
     @torch.no_grad()
     def validate(self, max_batches: int = 20) -> float | None:
