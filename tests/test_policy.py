@@ -241,3 +241,20 @@ def test_frozen_backbone_is_not_trained():
     enc = p.encoder.vits[0]
     assert not any(q.requires_grad for q in enc.net.parameters()) and enc.proj.weight.requires_grad
     assert not enc.net.training  # batch-norm statistics stay as loaded
+
+
+def test_reference_checkpoint_still_loads_and_acts_near_the_hand():
+    """checkpoints/one_leg_state_bc.pt is what later stages start from: a format change must
+    keep it loadable (or ship a converted copy)."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "checkpoints" / "one_leg_state_bc.pt"
+    pi = policy_pkg.load(path)
+    assert pi.cfg.action_repr == "relative" and pi.cfg.obs.obs_history == 2
+    state = np.array([0.45, 0.0, 0.1, 0, 1, 0, 1, 0, 0, 0.08], np.float32)  # hand down, open, above the table
+    parts = np.array([0.53, 0, 0, 1, 0, 0, 0, 0, 1, 0.39, 0.2, 0, 0, -1, 0, 1, 0, 0], np.float32)
+    obs = {"state": np.tile(state, (1, 2, 1)), "parts": np.tile(parts, (1, 2, 1))}
+    a = pi.act(obs, generator=torch.Generator().manual_seed(0))
+    assert a.shape == (1, 7, 10) and np.isfinite(a).all()
+    # the first target is a small step from the current hand position (the expert moves <= 3 cm)
+    assert np.linalg.norm(a[0, 0, :3] - state[:3]) < 0.05
