@@ -2,6 +2,15 @@
 from sim/ or real/."""
 
 
+def resolve_device(name: str):
+    """`auto` -> cuda when available, else cpu; anything else as torch names it."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def load(path, use_ema: bool = True, device: str = "cpu"):
     """Load a ready policy from a checkpoint file (see policy.checkpoint)."""
     from policy.checkpoint import load_policy

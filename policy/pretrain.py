@@ -30,6 +30,7 @@ from data.normalizer import Normalizer, load_or_fit
 from data.sampler import SplitConfig, WindowConfig, select_and_split
 from data.schema import ActionSchema
 from data.torch_dataset import EpisodeWindowDataset, WindowDatasetConfig, make_loader
+from policy import resolve_device
 from policy.action_repr import RELATIVE, RELATIVE_KEY, relative_chunks
 from policy.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from policy.denoisers import MLPDenoiserConfig, UNetDenoiserConfig
@@ -91,12 +92,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 class Trainer:

@@ -70,7 +70,7 @@ def perturb_actions(actions: np.ndarray, state: np.ndarray, rng: np.random.Gener
         for i in range(len(out)):
             axis = rng.normal(size=3)
             angle = np.radians(rng.normal(0.0, rot_std_deg)) * float(scale[i, 0])
-            rot = axis_angle_to_matrix(axis / np.linalg.norm(axis), angle) @ rot6d_to_matrix(out[i, 3:9])
+            rot = axis_angle_to_matrix(axis, angle) @ rot6d_to_matrix(out[i, 3:9])
             out[i, 3:9] = matrix_to_rot6d(rot)
     return out.astype(np.asarray(actions).dtype)
 

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import hydra
 import numpy as np
-import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
@@ -38,9 +37,7 @@ def match_obs_to_policy(cfg: DictConfig, pcfg) -> None:
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:
-    device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else \
-        ("cpu" if cfg.device == "auto" else str(cfg.device))
-    pi = policy_pkg.load(cfg.checkpoint, use_ema=bool(cfg.use_ema), device=device)
+    pi = policy_pkg.load(cfg.checkpoint, use_ema=bool(cfg.use_ema), device=policy_pkg.resolve_device(str(cfg.device)))
     match_obs_to_policy(cfg, pi.cfg)
     res = evaluate_policy(pi, cfg, episodes=int(cfg.episodes), n_envs=int(cfg.env.n_envs),
                           n_workers=int(cfg.env.n_workers), ddim_steps=int(cfg.ddim_steps), seed=int(cfg.seed),
