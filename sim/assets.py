@@ -58,9 +58,10 @@ def load_obj(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(verts, dtype=np.float64), np.asarray(faces, dtype=np.int32)
 
 
-def cache_dir() -> Path:
+def cache_dir(kind: str = "meshes") -> Path:
+    """A folder of derived assets (decimated meshes, compiled scenes) under $PIXEL_DPPO_CACHE."""
     root = os.environ.get("PIXEL_DPPO_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "pixel_dppo"))
-    path = Path(root) / "meshes"
+    path = Path(root) / kind
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -54,7 +54,7 @@ class OneLegMujocoEnv(gym.Env):
             top_visual_faces=rc.top_visual_faces if rc.low_poly else None,
             leg_visual_faces=rc.leg_visual_faces if rc.low_poly else None,
         )
-        self.model = mujoco.MjModel.from_xml_string(S.build_xml(opts))
+        self.model = S.build_model(opts)
         self.data = mujoco.MjData(self.model)
         self.substeps = cfg.substeps
         m = self.model

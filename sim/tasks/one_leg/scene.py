@@ -14,14 +14,19 @@ Collision bits: 1 = static (table, fixture), 2 = parts, 4 = robot hand.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
+import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
+from pathlib import Path
 
+import mujoco
 import numpy as np
 
 from data.rotation import matrix_to_quat
-from sim.assets import MissingDependencyError, visual_mesh
+from sim import assets
+from sim.assets import MissingDependencyError, cache_dir, visual_mesh
 from sim.tasks.one_leg import geometry as G
 
 log = logging.getLogger(__name__)
@@ -289,3 +294,38 @@ def build_xml(opts: SceneOptions = SceneOptions()) -> str:
         _sub(equality, "weld", name=f"thread_weld{h}", body1=f"follower{h}", body2="leg", active="false",
              solimp="0.99 0.9999 0.001")
     return ET.tostring(root, encoding="unicode")
+
+
+def scene_cache_key(opts: SceneOptions) -> str:
+    """What a compiled scene depends on: the options, MuJoCo's version and the code that writes the MJCF.
+
+    robosuite and furniture-bench are pinned, so their versions are not part of the key; a
+    change to this module, the geometry or the mesh loader invalidates every cached scene.
+    """
+    h = hashlib.sha256(repr(opts).encode())
+    h.update(mujoco.__version__.encode())
+    for module in (__file__, G.__file__, assets.__file__):
+        h.update(Path(module).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def build_model(opts: SceneOptions = SceneOptions(), use_cache: bool = True) -> mujoco.MjModel:
+    """The compiled one_leg model, from a binary (MJB) cache when these options built it before.
+
+    Why a cache: writing the MJCF imports robosuite and reads furniture-bench's meshes, and
+    compiling it takes ~1.4 s per env on a 2-core machine, paid again by every worker process;
+    loading the MJB takes ~0.04 s. It also lets a machine without robosuite or furniture-bench
+    (a GPU node, say) run the simulator from a copied $PIXEL_DPPO_CACHE/scenes folder.
+    """
+    path = cache_dir("scenes") / f"one_leg_{scene_cache_key(opts)}.mjb"
+    if use_cache and path.is_file():
+        try:
+            return mujoco.MjModel.from_binary_path(str(path))
+        except Exception as e:  # a truncated or foreign file: rebuild it
+            log.warning("ignoring unreadable scene cache %s (%s); rebuilding", path, e)
+    model = mujoco.MjModel.from_xml_string(build_xml(opts))
+    if use_cache:
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        mujoco.mj_saveModel(model, str(tmp))
+        os.replace(tmp, path)  # atomic: concurrent workers never read a half-written file
+    return model
