@@ -130,12 +130,18 @@ class DiffusionPolicy(nn.Module):
     # --- sampling ----------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, obs: Mapping[str, torch.Tensor], steps: int | None = None, eta: float | None = None,
-               ddpm: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Normalised action chunk (B, horizon, action_dim) by DDIM (or full DDPM)."""
+               ddpm: bool = False, generator: torch.Generator | None = None,
+               noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Normalised action chunk (B, horizon, action_dim) by DDIM (or full DDPM).
+
+        `noise` is the starting sample x_T (default: drawn here); with DDIM eta 0 it fixes the result.
+        """
         cond = self.condition(obs)
         b = cond.shape[0]
         shape = (b, self.cfg.horizon, self.cfg.action_dim)
-        x = torch.randn(shape, device=cond.device, generator=generator)
+        if noise is not None and tuple(noise.shape) != shape:
+            raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
+        x = torch.randn(shape, device=cond.device, generator=generator) if noise is None else noise
         if ddpm:
             for t in reversed(range(self.schedule.steps)):
                 tt = torch.full((b,), t, device=x.device, dtype=torch.long)

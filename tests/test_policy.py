@@ -76,6 +76,45 @@ def test_ddim_eta0_is_deterministic_and_eta1_is_not():
     assert not torch.allclose(d1, d2)
 
 
+
+def test_given_start_noise_fixes_the_ddim_chunk():
+    p = DiffusionPolicy(small_cfg(), normalizer()).eval()
+    obs = batch()
+    g = torch.Generator().manual_seed(5)
+    a = p.sample(obs, steps=5, eta=0.0, generator=g)
+    noise = torch.randn(3, 8, 10, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(p.sample(obs, steps=5, eta=0.0, noise=noise), a)  # same draw as the generator made
+    other = p.sample(obs, steps=5, eta=0.0, noise=torch.randn(3, 8, 10, generator=torch.Generator().manual_seed(6)))
+    assert not torch.allclose(other, a)
+    with pytest.raises(ValueError, match="noise must have shape"):
+        p.sample(obs, steps=5, noise=torch.zeros(1, 8, 10))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_cuda_graph_sampler_matches_eager_sampling():
+    from policy.cuda_graph import GraphedSampler
+
+    torch.manual_seed(0)
+    p = DiffusionPolicy(small_cfg(cameras=("front", "wrist")), normalizer()).cuda().eval()
+    obs = {k: v.cuda() for k, v in batch(b=1, cams=("front", "wrist")).items()}
+    sampler = GraphedSampler(p, obs, steps=5)
+    for seed in range(3):
+        o = {k: v.cuda() for k, v in batch(b=1, cams=("front", "wrist"), seed=seed + 1).items()}
+        noise = torch.randn(1, 8, 10, device="cuda", generator=torch.Generator("cuda").manual_seed(seed))
+        with torch.no_grad():
+            eager = p.sample(o, steps=5, eta=0.0, noise=noise)
+        torch.testing.assert_close(sampler(o, noise=noise), eager, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="captured for"):
+        sampler({k: v.cuda() for k, v in batch(b=2, cams=("front", "wrist")).items()})
+
+
+def test_cuda_graph_sampler_refuses_a_cpu_policy():
+    from policy.cuda_graph import GraphedSampler
+
+    p = DiffusionPolicy(small_cfg(), normalizer()).eval()
+    with pytest.raises(RuntimeError, match="CUDA"):
+        GraphedSampler(p, batch(b=1))
+
 def test_overfits_a_tiny_dataset():
     """Action chunks are a per-sample function of the state: sampling must follow the condition."""
     torch.manual_seed(0)
