@@ -85,6 +85,8 @@ class EpisodeWriter:
     def __init__(self, group, path: Path):
         self.group = group
         self.path = path
+        self._chunk_writers: dict[str, tuple | None] = {}
+        self._checked: set[str] = set()
         self._recover()
 
     # --- opening ------------------------------------------------------------------------
@@ -145,11 +147,48 @@ class EpisodeWriter:
         if self.n_frames > 0:
             raise DatasetError(f"data/{key} is new but the dataset already has {self.n_episodes} episodes without it")
         if is_image_key(key, sample.shape[1:], sample.dtype):
-            chunks, codecs = (1, *sample.shape[1:]), _image_codecs()
-        else:
-            chunks, codecs = (LOWDIM_CHUNK, *sample.shape[1:]), _lowdim_codecs()
-        return data.create_array(key, shape=(0, *sample.shape[1:]), chunks=chunks, dtype=sample.dtype,
-                                 compressors=codecs)
+            # one chunk per frame, named c.<frame>.0.0.0 in one folder: zarr's default "/" keys
+            # would make three folders per frame, and mkdir dominates writing on overlay filesystems
+            return data.create_array(key, shape=(0, *sample.shape[1:]), chunks=(1, *sample.shape[1:]),
+                                     dtype=sample.dtype, compressors=_image_codecs(),
+                                     chunk_key_encoding={"name": "default", "separator": "."})
+        return data.create_array(key, shape=(0, *sample.shape[1:]), chunks=(LOWDIM_CHUNK, *sample.shape[1:]),
+                                 dtype=sample.dtype, compressors=_lowdim_codecs())
+
+    def _append_frames(self, key: str, arr, start: int, frames: np.ndarray) -> None:
+        """Append along axis 0: image arrays through their chunk files when the layout allows
+        (data/chunk_files.py; ~3x faster than zarr's append), everything else through zarr."""
+        from data.chunk_files import write_frames
+
+        if arr.shape[0] != start:  # the frames must go right after the committed ones
+            raise DatasetError(f"data/{key} has {arr.shape[0]} frames, expected {start}")
+        fast = self._chunk_writer(key, arr, frames)
+        if fast is None:
+            arr.append(frames, axis=0)
+            return
+        arr.resize((start + len(frames), *arr.shape[1:]))
+        layout, params, fill = fast
+        write_frames(layout, params, start, frames, fill)
+        if key not in self._checked:  # first write to this array: zarr must read back what was written
+            self._checked.add(key)
+            if not all(np.array_equal(np.asarray(arr[i]), frames[i - start]) for i in (start, start + len(frames) - 1)):
+                log.warning("data/%s: chunk files do not read back through zarr; using zarr's writer", key)
+                self._chunk_writers[key] = None
+                arr[start:start + len(frames)] = frames
+
+    def _chunk_writer(self, key: str, arr, frames: np.ndarray):
+        """(layout, blosc params) for writing `key` as chunk files, or None for the zarr API."""
+        from data.chunk_files import blosc_params, fast_layout
+
+        if not is_image_key(key, frames.shape[1:], frames.dtype):
+            return None
+        if key not in self._chunk_writers:
+            layout, why = fast_layout(arr)
+            self._chunk_writers[key] = ((layout, blosc_params(arr), arr.metadata.fill_value) if layout is not None
+                                         else None)
+            if layout is None:
+                log.info("data/%s: appending through zarr (%s)", key, why)
+        return self._chunk_writers[key]
 
     def add_episode(self, frames: Mapping[str, np.ndarray], *, success: bool, source: str, seed: int = -1,
                     **meta: Any) -> int:
@@ -169,7 +208,7 @@ class EpisodeWriter:
         start = self.n_frames
         arrays = {k: self._array(k, v) for k, v in frames.items()}
         for k, arr in arrays.items():  # frames first ...
-            arr.append(frames[k], axis=0)
+            self._append_frames(k, arr, start, frames[k])
         meta_group = self.group["meta"]
         record = {"index": self.n_episodes, "length": int(length), "success": bool(success), "source": source,
                   "seed": int(seed), "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(),

@@ -42,27 +42,18 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
 
+from data.chunk_files import FrameLayout, fast_layout
 from data.episodes import EpisodeDataset, is_image_key
 from data.normalizer import Normalizer, NormalizerError, load_or_fit
 from data.sampler import SplitConfig, WindowConfig, WindowIndex, make_windows, select_and_split
 
 log = logging.getLogger(__name__)
 
-_SENTINEL = 987654321
 
 
 # --------------------------------------------------------------------------------------------
 # Image frames
 # --------------------------------------------------------------------------------------------
-@dataclass
-class FrameLayout:
-    """Where the chunk file of frame i lives, when the fast path applies."""
-
-    directory: str  # the array's directory on disk
-    prefix: str  # chunk key = prefix + str(i) + suffix
-    suffix: str
-
-
 class FrameReader:
     """Reads frames of one one-frame-per-chunk image array into caller-provided buffers."""
 
@@ -76,7 +67,7 @@ class FrameReader:
         self.layout: FrameLayout | None = None
         self.fallback_reason = "disabled"
         if fast_path:
-            self.layout, self.fallback_reason = _fast_layout(arr)
+            self.layout, self.fallback_reason = fast_layout(arr)
         if self.layout is not None and not self._self_test(arr):
             self.layout, self.fallback_reason = None, "self-test mismatch against zarr"
         if self.layout is None:
@@ -134,48 +125,6 @@ class FrameReader:
         mine = self.read(frames)
         ref = np.stack([np.asarray(arr[int(f)]) for f in frames])
         return bool(np.array_equal(mine, ref))
-
-
-def _fast_layout(arr) -> tuple[FrameLayout | None, str]:
-    """A FrameLayout if `arr` is stored exactly as the fast path assumes, else (None, why)."""
-    try:
-        from zarr.codecs import BloscCodec, BytesCodec
-        from zarr.core.chunk_grids import RegularChunkGrid
-        from zarr.storage import LocalStore
-    except ImportError as e:  # a zarr without these names: stay on the public API
-        return None, f"zarr internals unavailable ({e})"
-    meta = arr.metadata
-    if getattr(meta, "zarr_format", None) != 3:
-        return None, "not a zarr v3 array"
-    if not isinstance(arr.store, LocalStore):
-        return None, f"store is {type(arr.store).__name__}, not a local directory"
-    codecs = tuple(meta.codecs)
-    if len(codecs) != 2 or not isinstance(codecs[0], BytesCodec) or not isinstance(codecs[1], BloscCodec):
-        return None, f"codecs are {[type(c).__name__ for c in codecs]}, not [BytesCodec, BloscCodec]"
-    if getattr(meta, "storage_transformers", ()):
-        return None, "storage transformers present"
-    dtype = np.dtype(arr.dtype)
-    if dtype.itemsize > 1 and (codecs[0].endian is None or codecs[0].endian.value != _native_endian()):
-        return None, "multi-byte dtype with non-native endianness"
-    grid = meta.chunk_grid
-    if not isinstance(grid, RegularChunkGrid) or tuple(grid.chunk_shape) != (1, *arr.shape[1:]):
-        return None, f"chunks are {getattr(grid, 'chunk_shape', grid)}, not one frame"
-    zeros = (0,) * (len(arr.shape) - 1)
-    probe = meta.encode_chunk_key((_SENTINEL, *zeros))
-    if probe.count(str(_SENTINEL)) != 1:
-        return None, f"unexpected chunk key {probe!r}"
-    prefix, suffix = probe.split(str(_SENTINEL))
-    for i in (0, 7, 12345):
-        if meta.encode_chunk_key((i, *zeros)) != f"{prefix}{i}{suffix}":
-            return None, "chunk key encoding is not a plain template"
-    directory = os.path.join(str(arr.store.root), *arr.path.split("/"))
-    return FrameLayout(directory, prefix, suffix), ""
-
-
-def _native_endian() -> str:
-    import sys
-
-    return sys.byteorder
 
 
 def available_memory_bytes() -> int:

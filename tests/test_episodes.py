@@ -41,12 +41,77 @@ def test_appending_never_rewrites_earlier_image_chunks(tmp_path):
     path = tmp_path / "ds.zarr"
     w = EpisodeWriter.create(path)
     w.add_episode(episode(0), success=True, source="scripted")
-    chunk_dir = path / "data" / "rgb" / "front" / "c"
-    before = {p: p.stat().st_mtime_ns for p in chunk_dir.rglob("*") if p.is_file()}
+    arr_dir = path / "data" / "rgb" / "front"
+    before = {p: p.stat().st_mtime_ns for p in arr_dir.rglob("c*") if p.is_file()}
+    assert len(before) == 12  # one chunk file per frame
     w.add_episode(episode(1), success=True, source="scripted")
-    after = {p: p.stat().st_mtime_ns for p in chunk_dir.rglob("*") if p.is_file()}
+    after = {p: p.stat().st_mtime_ns for p in arr_dir.rglob("c*") if p.is_file()}
     assert all(after[p] == t for p, t in before.items())
     assert len(after) == 2 * len(before)
+
+
+
+def _write(path, episodes):
+    w = EpisodeWriter.create(path)
+    for i, ep in enumerate(episodes):
+        w.add_episode(ep, success=True, source="scripted", seed=i)
+
+
+def test_chunk_file_writer_matches_zarrs_own_writer(tmp_path, monkeypatch):
+    import zarr
+
+    from data import chunk_files
+
+    eps = [episode(0), episode(1, length=7), episode(2)]
+    eps[1]["rgb/front"][3] = 0  # an all-fill frame: no chunk file, as zarr does
+    _write(tmp_path / "fast.zarr", eps)
+    monkeypatch.setattr(chunk_files, "fast_layout", lambda arr: (None, "forced off"))
+    _write(tmp_path / "zarr.zarr", eps)
+    fast, ref = zarr.open_group(str(tmp_path / "fast.zarr"), mode="r"), zarr.open_group(str(tmp_path / "zarr.zarr"),
+                                                                                         mode="r")
+    for key in ("rgb/front", "state", "action"):
+        np.testing.assert_array_equal(np.asarray(fast["data"][key][:]), np.asarray(ref["data"][key][:]))
+    np.testing.assert_array_equal(np.asarray(fast["data/rgb/front"][:]),
+                                  np.concatenate([e["rgb/front"] for e in eps]))
+    files = lambda root: sorted(p.relative_to(root) for p in root.rglob("c*") if p.is_file())  # noqa: E731
+    written = files(tmp_path / "fast.zarr" / "data/rgb/front")
+    assert written == files(tmp_path / "zarr.zarr" / "data/rgb/front") and len(written) == 12 + 7 + 12 - 1
+    monkeypatch.undo()
+    layout, _ = chunk_files.fast_layout(EpisodeDataset(tmp_path / "fast.zarr").array("rgb/front"))
+    assert Path(chunk_files.chunk_path(layout, 12 + 2)).is_file()
+    assert not Path(chunk_files.chunk_path(layout, 12 + 3)).exists()  # the all-fill frame
+
+
+def test_chunk_file_writer_falls_back_when_zarr_reads_back_something_else(tmp_path, monkeypatch, caplog):
+    from data import chunk_files
+
+    real = chunk_files.write_frames
+    monkeypatch.setattr(chunk_files, "write_frames",
+                        lambda layout, params, start, frames, fill=0: real(layout, params, start, frames[::-1], fill))
+    eps = [episode(0), episode(1)]
+    _write(tmp_path / "ds.zarr", eps)
+    assert "do not read back through zarr" in caplog.text
+    ds = EpisodeDataset(tmp_path / "ds.zarr")
+    np.testing.assert_array_equal(np.asarray(ds.array("rgb/front")[:]), np.concatenate([e["rgb/front"] for e in eps]))
+
+
+def test_stale_chunk_file_never_shadows_an_empty_frame(tmp_path):
+    """A killed writer can leave a chunk file past the array's end; a later all-zero frame there must read 0."""
+    from data import chunk_files
+
+    path = tmp_path / "ds.zarr"
+    _write(path, [episode(0)])
+    arr = EpisodeDataset(path).array("rgb/front")
+    layout, _ = chunk_files.fast_layout(arr)
+    # mid-episode (frame 17), where the writer's read-back check of first and last frame cannot see it
+    chunk_files.write_frames(layout, chunk_files.blosc_params(arr), 17, np.full((1, 16, 16, 3), 9, np.uint8))
+    assert Path(chunk_files.chunk_path(layout, 17)).is_file()
+    nxt = episode(1)
+    nxt["rgb/front"][5] = 0
+    EpisodeWriter.append_to(path).add_episode(nxt, success=True, source="scripted")
+    frames = np.asarray(EpisodeDataset(path).array("rgb/front")[12:])
+    np.testing.assert_array_equal(frames, nxt["rgb/front"])
+    assert not Path(chunk_files.chunk_path(layout, 17)).exists()
 
 
 def test_clear_errors(tmp_path):
