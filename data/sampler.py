@@ -83,6 +83,15 @@ class WindowIndex:
         return len(self.current)
 
     @property
+    def obs_offsets(self) -> np.ndarray:
+        """Frame offsets of a window's observations relative to its current step."""
+        return self._obs_offsets
+
+    @property
+    def action_offsets(self) -> np.ndarray:
+        return self._act_offsets
+
+    @property
     def episodes(self) -> np.ndarray:
         """Episode indices that contribute at least one window (sorted)."""
         return np.unique(self.episode)

@@ -298,6 +298,11 @@ class EpisodeWindowDataset(Dataset):
     def cached(self) -> bool:
         return bool(self.cache)
 
+    @property
+    def cache_rows(self) -> np.ndarray | None:
+        """Global frame index -> row of the image cache (-1: frame not cached)."""
+        return self._cache_row
+
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_scratch_bufs"], state["_scratch_pid"] = {}, -1

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from data.device_batches import DeviceWindowBatches
 from data.episodes import EpisodeDataset
 from data.normalizer import Normalizer, load_or_fit
 from data.sampler import SplitConfig, WindowConfig, select_and_split
@@ -145,6 +146,7 @@ class Trainer:
                                                                            int(cfg.train.steps)))
         self.step = 0
         self.history: list[dict[str, Any]] = []
+        self._on_device: dict[int, DeviceWindowBatches | None] = {}
         if resuming:
             self._resume(self.out / "last.pt")
 
@@ -176,7 +178,34 @@ class Trainer:
         log.info("resumed from %s at step %d", path, self.step)
 
     # --- loop -------------------------------------------------------------------------------
+    def _device_batches(self, dataset) -> DeviceWindowBatches | None:
+        """The dataset as device-resident batches, when `data.on_device` asks for it (auto: on CUDA,
+        with the image cache built and room to spare on the GPU); built once per dataset."""
+        mode = self.cfg.data.on_device
+        if mode not in (True, False, "auto"):
+            raise ValueError(f"data.on_device must be true, false or auto, got {mode!r}")
+        if mode is False or (mode == "auto" and (self.device.type != "cuda" or
+                                                 (dataset.image_keys and not dataset.cached))):
+            return None
+        key = id(dataset)
+        if key not in self._on_device:
+            if mode == "auto":
+                need = sum(t.numel() for t in dataset.cache.values())
+                if need > 0.5 * torch.cuda.mem_get_info(self.device)[0]:
+                    log.info("batches from the DataLoader: the image cache (%.1f GB) would take over half the free "
+                             "GPU memory", need / 1e9)
+                    self._on_device[key] = None
+                    return None
+            self._on_device[key] = DeviceWindowBatches(dataset, self.device)
+            log.info("batches gathered on %s from %.1f MB of cached windows", self.device,
+                     self._on_device[key].nbytes() / 2**20)
+        return self._on_device[key]
+
     def _batches(self, dataset, shuffle: bool, seed: int):
+        on_device = self._device_batches(dataset)
+        if on_device is not None:
+            yield from on_device.epochs(int(self.cfg.train.batch_size), shuffle=shuffle, seed=seed, drop_last=shuffle)
+            return
         loader = make_loader(dataset, batch_size=int(self.cfg.train.batch_size), shuffle=shuffle,
                              num_workers=int(self.cfg.data.num_workers), drop_last=shuffle, seed=seed,
                              multiprocessing_context="spawn" if int(self.cfg.data.num_workers) > 0 else None)
@@ -185,6 +214,11 @@ class Trainer:
                 yield batch
             if not shuffle:
                 return
+
+    def train_batches(self):
+        """Endless shuffled training batches from the current step on. Every rank draws its own
+        shuffle (the seed includes the rank), so DDP ranks do not train on the same windows."""
+        return self._batches(self.train_set, shuffle=True, seed=int(self.cfg.seed) + self.step + 7919 * self.rank)
 
     def _to_device(self, batch):
         obs = {k: v.to(self.device, non_blocking=True) for k, v in batch["obs"].items()}
@@ -230,7 +264,7 @@ class Trainer:
         total = int(tc.steps)
         stop = total if tc.chunk_steps is None else min(total, self.step + int(tc.chunk_steps))
         writer = SummaryWriter(str(self.out / "tb")) if self.rank == 0 else None
-        batches = self._batches(self.train_set, shuffle=True, seed=int(self.cfg.seed) + self.step)
+        batches = self.train_batches()
         self.policy.train()
         bar = tqdm(total=stop, initial=self.step, desc="pretrain", unit="step", disable=self.rank != 0)
         t0, running = time.perf_counter(), []

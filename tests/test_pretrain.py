@@ -100,9 +100,10 @@ def _ddp_worker(rank, world, tmp, port, queue):
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
     trainer = Trainer(cfg_for(Path(tmp), Path(tmp) / "ddp", ["train.steps=3", "train.val_every=100"]))
+    first = next(trainer.train_batches())["action"].numpy()
     trainer.train()
     flat = torch.cat([p.detach().flatten() for p in trainer.policy.parameters()])
-    queue.put((rank, flat.numpy()))
+    queue.put((rank, (flat.numpy(), first)))
     torch.distributed.destroy_process_group()
 
 
@@ -126,5 +127,29 @@ def test_ddp_on_cpu_keeps_the_ranks_identical(tmp_path):
     for p in procs:
         p.join(timeout=60)
         assert p.exitcode == 0
-    np.testing.assert_array_equal(got[0], got[1])
+    np.testing.assert_array_equal(got[0][0], got[1][0])
+    assert got[0][1].shape == got[1][1].shape and not np.array_equal(got[0][1], got[1][1])  # own data per rank
     assert (tmp_path / "ddp" / "last.pt").exists()  # written by rank 0 only
+
+
+def test_data_on_device_selects_device_batches(tmp_path):
+    import pytest
+
+    from data.device_batches import DeviceWindowBatches
+
+    tiny_dataset(tmp_path / "tiny.zarr")
+    picks = {}
+    for mode in ("true", "false", "auto", "sometimes"):
+        trainer = Trainer(cfg_for(tmp_path, tmp_path / mode, [f"data.on_device={mode}"]))
+        if mode == "sometimes":
+            with pytest.raises(ValueError, match="on_device"):
+                next(trainer.train_batches())
+            continue
+        picks[mode] = trainer._device_batches(trainer.train_set)
+        batch = next(trainer.train_batches())
+        assert batch["action"].shape == (8, 8, 10) and torch.isfinite(batch["action"]).all()
+    assert isinstance(picks["true"], DeviceWindowBatches)
+    assert picks["false"] is None and picks["auto"] is None  # auto: only on CUDA
+    trainer = Trainer(cfg_for(tmp_path, tmp_path / "dev_run", ["data.on_device=true"]))
+    trainer.train()
+    assert trainer.step == 8 and np.isfinite([h["train_loss"] for h in trainer.history if "train_loss" in h]).all()

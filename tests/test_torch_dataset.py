@@ -12,8 +12,8 @@ from data.chunk_files import chunk_path
 from data.episodes import EpisodeDataset, EpisodeWriter
 from data.normalizer import Normalizer, NormalizerError
 from data.sampler import SplitConfig, WindowConfig
-from data.torch_dataset import (EpisodeWindowDataset, FrameReader, WindowDatasetConfig, fast_layout,
-                                make_datasets, make_loader)
+from data.torch_dataset import (EpisodeWindowDataset, FrameReader, WindowDatasetConfig, collate_windows,
+                                fast_layout, make_datasets, make_loader)
 
 LENGTHS = (5, 3, 7, 6)
 KEYS = ("state", "rgb/front", "rgb/wrist")
@@ -190,3 +190,34 @@ def test_make_datasets_split_and_stats(ds_path, tmp_path):
 def test_missing_key(ds_path):
     with pytest.raises(KeyError, match="rgb/rear"):
         EpisodeWindowDataset(ds_path, None, WindowDatasetConfig(obs_keys=("state", "rgb/rear")))
+
+
+@pytest.mark.parametrize("layout", ["chw", "hwc"])
+def test_device_batches_hold_the_datasets_windows(ds_path, layout):
+    from data.device_batches import DeviceWindowBatches
+
+    ds = EpisodeWindowDataset(ds_path, None, cfg(cache_images=True, image_layout=layout))
+    dev = DeviceWindowBatches(ds, "cpu")
+    assert len(dev) == len(ds) and dev.nbytes() > 0
+    idx = np.random.default_rng(0).permutation(len(ds))[:9]
+    ref = collate_windows(ds.__getitems__(idx))
+    got = dev.batch(idx)
+    for k in KEYS:
+        assert got["obs"][k].dtype == ref["obs"][k].dtype
+        torch.testing.assert_close(got["obs"][k], ref["obs"][k], rtol=0, atol=0)
+    torch.testing.assert_close(got["action"], ref["action"], rtol=0, atol=0)
+    # every epoch visits each window once (drop_last cuts the remainder), in a new order
+    stream = dev.epochs(4, shuffle=True, seed=3)
+    per_epoch = len(ds) // 4
+    epochs = [torch.cat([next(stream)["action"][:, 1, 0] for _ in range(per_epoch)]) for _ in range(2)]
+    assert not torch.equal(epochs[0], epochs[1])
+    ordered = torch.cat([b["action"][:, 1, 0] for b in dev.epochs(5, shuffle=False, drop_last=False)])
+    torch.testing.assert_close(ordered, all_batches(make_loader(ds, 5, shuffle=False))["action"][:, 1, 0])
+    assert len(ordered) == len(ds)
+
+
+def test_device_batches_need_the_image_cache(ds_path):
+    from data.device_batches import DeviceWindowBatches
+
+    with pytest.raises(ValueError, match="image cache"):
+        DeviceWindowBatches(EpisodeWindowDataset(ds_path, None, cfg(cache_images=False)), "cpu")

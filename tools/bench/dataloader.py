@@ -119,6 +119,31 @@ def time_loader(ds, workers: int, batches: int, batch_size: int, context: str | 
             "first_batch_s": first, "shapes": shapes}
 
 
+def time_device_batches(ds, device: str, batches: int, batch_size: int, skip: int = 2) -> dict:
+    """Batches gathered on `device` from the cached dataset (data/device_batches.py), as pretraining
+    does on CUDA; the one-off copy of the cache to the device is reported, not timed per batch."""
+    import torch
+
+    from data.device_batches import DeviceWindowBatches
+
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    t0 = time.perf_counter()
+    dev = DeviceWindowBatches(ds, device)
+    sync()
+    first = time.perf_counter() - t0
+    stream = dev.epochs(batch_size, shuffle=True, seed=0)
+    for _ in range(skip):
+        batch = next(stream)
+    sync()
+    t = time.perf_counter()
+    for _ in range(batches):
+        batch = next(stream)
+    sync()
+    dt = time.perf_counter() - t
+    return {"samples_per_s": batches * batch_size / dt, "ms_per_batch": dt / batches * 1e3,
+            "first_batch_s": first, "shapes": {k: list(v.shape) for k, v in batch["obs"].items()}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", type=Path, default=None, help="existing dataset to reuse (skips building)")
@@ -130,6 +155,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--context", default=None, help="DataLoader start method (default: the platform's)")
     ap.add_argument("--layout", default="chw", choices=["chw", "hwc"])
+    ap.add_argument("--devices", nargs="+", default=None,
+                    help="devices for the device-batches rows (default: cpu, and cuda when available)")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "bench" / "dataloader.json")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -169,6 +196,13 @@ def main() -> None:
     run("files+blosc, cold page cache", disk, max(args.workers), False, True)
     for w in args.workers:
         run("RAM cache", cached, w, True, True)
+    import torch
+
+    for device in args.devices or ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]:
+        r = time_device_batches(cached, device, args.batches, args.batch_size)
+        rows.append({"reader": f"device batches ({device})", "workers": 0, "cache": True, "fast_path": True,
+                     "layout": args.layout, **r})
+        _print_row(rows[-1])
     other = "hwc" if args.layout == "chw" else "chw"
     run(f"files+blosc, {other}", dataset(cache=False, layout=other), max(args.workers), False, True, layout=other)
     slow = dataset(cache=False, fast=False)
