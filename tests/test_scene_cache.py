@@ -47,7 +47,8 @@ def test_other_options_get_their_own_entry(scene_cache):
     assert (scene_cache / f"one_leg_{b}.mjb").is_file()
 
 
-def test_corrupt_cache_file_is_rebuilt(scene_cache, caplog):
+def test_corrupt_cache_file_is_rebuilt(scene_cache, caplog, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # MuJoCo logs the bad file to ./MUJOCO_LOG.TXT
     opts = S.SceneOptions()
     key = S.scene_cache_key(opts)
     scene_cache.mkdir(parents=True, exist_ok=True)
