@@ -3,9 +3,8 @@
 Why: a DataLoader moves every batch through worker processes (256 two-camera windows with obs
 history 2 are ~28 MB of uint8) and pays for it in worker CPU, pickling and shared-memory copies
 (pixel pretraining ran at ~8,400 samples/s with 8 workers on a 16-core H200 machine, not
-profiled). The 100-demo pixel set decodes
-to ~1.9 GB, which sits comfortably in GPU memory; a batch is then a handful of index ops on the
-device. Batches hold exactly what `EpisodeWindowDataset` returns for the same windows; each epoch
+profiled). The 100-demo pixel set decodes to ~1.9 GB, which sits comfortably in GPU memory; a
+batch is then a handful of index ops on the device. Batches hold exactly what `EpisodeWindowDataset` returns for the same windows; each epoch
 is a fresh `torch.randperm` from a seeded CPU generator.
 """
 from __future__ import annotations

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
 
-from data.chunk_files import FrameLayout, fast_layout
+from data.chunk_files import FrameLayout, chunk_path, fast_layout
 from data.episodes import EpisodeDataset, is_image_key
 from data.normalizer import Normalizer, NormalizerError, load_or_fit
 from data.sampler import SplitConfig, WindowConfig, WindowIndex, make_windows, select_and_split
@@ -99,11 +99,9 @@ class FrameReader:
             return
         from numcodecs.blosc import decompress
 
-        head = os.path.join(self.layout.directory, self.layout.prefix)
-        suffix = self.layout.suffix
         for j, f in enumerate(frames.tolist()):
             try:
-                with open(f"{head}{f}{suffix}", "rb", buffering=0) as fh:
+                with open(chunk_path(self.layout, f), "rb", buffering=0) as fh:
                     buf = fh.read()
             except FileNotFoundError:
                 out[j] = self.fill_value
