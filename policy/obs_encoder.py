@@ -69,17 +69,35 @@ class ObsEncoder(nn.Module):
     def out_dim(self) -> int:
         return self.cfg.out_dim
 
+    def encode_camera(self, index: int, images: torch.Tensor, augment: bool | None = None,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+        """uint8 images (N, H, W, 3) of camera `index` -> features (N, out_dim).
+
+        `augment` (default: in training mode, if configured) applies the random shift. Called per
+        batch by `forward`, and once per dataset frame to cache features of frozen encoders.
+        """
+        x = images.permute(0, 3, 1, 2).float().div_(255.0)
+        if (self.training and self.cfg.augment_shift) if augment is None else augment:
+            x = random_shift(x, self.shift_pad, generator)
+        return self.vits[0 if self.cfg.share_vit else index](x)
+
     def forward(self, obs: dict[str, torch.Tensor], state_norm: torch.Tensor) -> torch.Tensor:
-        """obs['rgb/<cam>']: uint8 (B, T, H, W, 3); state_norm: (B, T, state_dim) already normalised."""
+        """obs['rgb/<cam>']: uint8 (B, T, H, W, 3), or obs['feat/<cam>']: (B, T, out_dim) features
+        precomputed by `encode_camera` (frozen encoders); state_norm: (B, T, state_dim) normalised."""
         b, t = state_norm.shape[:2]
         feats = [self.state_mlp(state_norm)]  # (B, T, S)
         for i, cam in enumerate(self.cfg.cameras):
-            img = obs[f"rgb/{cam}"]
-            if img.shape[1] != t:
-                raise ValueError(f"rgb/{cam} has {img.shape[1]} history frames, state has {t}")
-            x = img.reshape(b * t, *img.shape[2:]).permute(0, 3, 1, 2).float().div_(255.0)
-            if self.training and self.cfg.augment_shift:
-                x = random_shift(x, self.shift_pad)
-            vit = self.vits[0 if self.cfg.share_vit else i]
-            feats.append(vit(x).view(b, t, -1))
+            cached = obs.get(f"feat/{cam}")
+            x = cached if cached is not None else obs[f"rgb/{cam}"]
+            if x.shape[1] != t:
+                raise ValueError(f"{'feat' if cached is not None else 'rgb'}/{cam} has {x.shape[1]} history frames, "
+                                 f"state has {t}")
+            if cached is None:
+                x = self.encode_camera(i, x.reshape(b * t, *x.shape[2:]))
+            feats.append(x.reshape(b, t, -1).to(feats[0].dtype))
         return torch.cat(feats, dim=-1).reshape(b, -1)
+
+    def freeze_cameras(self) -> None:
+        """Fix the image encoders' weights (trained elsewhere): their features can then be
+        computed once per frame instead of every step."""
+        self.vits.requires_grad_(False)

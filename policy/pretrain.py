@@ -38,6 +38,7 @@ from policy.denoisers import MLPDenoiserConfig, UNetDenoiserConfig
 from policy.diffusion import DiffusionConfig
 from policy.diffusion_policy import DiffusionPolicy, PolicyConfig
 from policy.ema import EMA
+from policy.frozen_features import frame_features
 from policy.obs_encoder import ObsEncoderConfig
 from policy.vit import ViTConfig
 
@@ -135,6 +136,15 @@ class Trainer:
         resuming = bool(cfg.resume) and (self.out / "last.pt").exists()
         if not resuming and self.policy.encoder.load_pretrained_backbones():
             log.info("image backbones initialised from %s", self.pcfg.obs.timm_weights)
+        if not resuming and cfg.train.init_from:
+            self._init_weights(Path(cfg.train.init_from))
+        self.frozen_cameras = bool(cfg.train.freeze_image_encoders)
+        if self.frozen_cameras:
+            if not self.pcfg.obs.cameras:
+                raise ValueError("train.freeze_image_encoders needs a policy with cameras (policy.use_images=true)")
+            if not (resuming or cfg.train.init_from or self.pcfg.obs.timm_weights):
+                log.warning("image encoders frozen at their random initialisation (no train.init_from)")
+            self.policy.encoder.freeze_cameras()
         self.policy.to(self.device)
         self.model = self.policy
         if self.world > 1:
@@ -160,6 +170,17 @@ class Trainer:
                                schema=self.schema, meta={"config": json.dumps(OmegaConf.to_container(self.cfg,
                                                                                                  resolve=True))})
 
+    def _init_weights(self, path: Path) -> None:
+        """Start from another run's weights (its EMA weights when it has them) with a fresh
+        optimiser, schedule and step count: a warm start, unlike `resume`."""
+        payload = load_checkpoint(path)
+        weights = payload["ema"]["model"] if payload.get("ema") else payload["model"]
+        try:
+            self.policy.load_state_dict(weights)
+        except RuntimeError as e:
+            raise CheckpointError(f"cannot initialise from {path}: its policy differs from this config ({e})") from e
+        log.info("weights initialised from %s", path)
+
     def _resume(self, path: Path) -> None:
         payload = load_checkpoint(path, map_location=self.device)
         if payload.get("train") is None:
@@ -180,7 +201,10 @@ class Trainer:
     # --- loop -------------------------------------------------------------------------------
     def _device_batches(self, dataset) -> DeviceWindowBatches | None:
         """The dataset as device-resident batches, when `data.on_device` asks for it (auto: on CUDA,
-        with the image cache built and room to spare on the GPU); built once per dataset."""
+        with the image cache built and room to spare on the GPU), or always with frozen image
+        encoders (features in place of images); built once per dataset."""
+        if self.frozen_cameras:
+            return self._feature_batches(dataset)
         mode = self.cfg.data.on_device
         if mode not in (True, False, "auto"):
             raise ValueError(f"data.on_device must be true, false or auto, got {mode!r}")
@@ -199,6 +223,22 @@ class Trainer:
             self._on_device[key] = DeviceWindowBatches(dataset, self.device)
             log.info("batches gathered on %s from %.1f MB of cached windows", self.device,
                      self._on_device[key].nbytes() / 2**20)
+        return self._on_device[key]
+
+    def _feature_batches(self, dataset) -> DeviceWindowBatches:
+        """Batches carrying the frozen encoders' features, computed once per frame (augmented
+        views for training, the plain view for validation)."""
+        key = id(dataset)
+        if key not in self._on_device:
+            if not dataset.cached:
+                raise ValueError("train.freeze_image_encoders computes features from the image cache; "
+                                 "set data.cache_images=true (it did not fit the memory budget)")
+            views = int(self.cfg.data.feature_views) if dataset is self.train_set else 1
+            feats = frame_features(self.policy.encoder, dataset, views=views, seed=int(self.cfg.seed),
+                                   device=self.device)
+            self._on_device[key] = DeviceWindowBatches(dataset, self.device, image_features=feats)
+            log.info("frozen image encoders: batches from %.1f MB of cached features (%d views)",
+                     self._on_device[key].nbytes() / 2**20, views)
         return self._on_device[key]
 
     def _batches(self, dataset, shuffle: bool, seed: int):

@@ -3,6 +3,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
@@ -153,3 +154,69 @@ def test_data_on_device_selects_device_batches(tmp_path):
     trainer = Trainer(cfg_for(tmp_path, tmp_path / "dev_run", ["data.on_device=true"]))
     trainer.train()
     assert trainer.step == 8 and np.isfinite([h["train_loss"] for h in trainer.history if "train_loss" in h]).all()
+
+
+def tiny_pixel_dataset(path, hw=(16, 16)):
+    w = EpisodeWriter.create(path, attrs={"task": "one_leg"})
+    rng = np.random.default_rng(1)
+    for i in range(4):
+        t = 12
+        w.add_episode({"state": rng.normal(size=(t, 10)).astype(np.float32),
+                       "action": rng.normal(size=(t, 10)).astype(np.float32),
+                       "rgb/front": rng.integers(0, 256, (t, *hw, 3), dtype=np.uint8),
+                       "rgb/wrist": rng.integers(0, 256, (t, *hw, 3), dtype=np.uint8)},
+                      success=True, source="scripted", seed=i)
+    return path
+
+
+def pixel_cfg_for(tmp_path, out, extra=()):
+    return cfg_for(tmp_path, out, ["policy=vit_mlp", "obs=pixel", "obs.image_hw=[16,16]", f"dataset={tmp_path / 'px.zarr'}",
+                                   "policy.vit.dim=32", "policy.vit.heads=2", "policy.vit.base_grid=2",
+                                   "policy.vit.out_dim=16", "policy.obs_history=2", "policy.act_steps=4",
+                                   "data.cache_images=true", *extra])
+
+
+def test_frozen_image_encoders_train_the_rest_from_cached_features(tmp_path):
+    """Warm start + frozen cameras: the encoders keep the initial weights, batches carry their
+    cached features (augmented views in training), and those features give the policy exactly the
+    conditioning its images give it."""
+    from policy.checkpoint import CheckpointError
+
+    tiny_pixel_dataset(tmp_path / "px.zarr")
+    first = Trainer(pixel_cfg_for(tmp_path, tmp_path / "e2e", ["train.steps=4"]))
+    first.train()
+    init = torch.load(tmp_path / "e2e" / "last.pt", weights_only=True)["ema"]["model"]
+
+    frozen = Trainer(pixel_cfg_for(tmp_path, tmp_path / "frozen", ["train.steps=6", f"train.init_from={tmp_path / 'e2e' / 'last.pt'}",
+                                                                   "train.freeze_image_encoders=true", "data.feature_views=3"]))
+    assert frozen.step == 0 and frozen.sched.last_epoch == 0  # a warm start, not a resume
+    batch = next(frozen.train_batches())
+    assert set(batch["obs"]) == {"state", "feat/front", "feat/wrist"}
+    assert batch["obs"]["feat/front"].shape == (8, 2, 16)
+    feats = frozen._feature_batches(frozen.train_set).features["rgb/front"]  # (rows, views, D)
+    assert feats.shape[1:] == (3, 16) and not torch.allclose(feats[:, 0], feats[:, 1])  # shifted views differ
+    drawn = batch["obs"]["feat/front"].reshape(-1, 16)
+    assert all(any(torch.equal(f, v) for v in feats.reshape(-1, 16)) for f in drawn)  # each is a cached view
+
+    frozen.train()
+    sd = frozen.policy.state_dict()
+    for name, value in sd.items():
+        if name.startswith("encoder.vits."):
+            torch.testing.assert_close(value, init[name], rtol=0, atol=0)
+    assert any(not torch.equal(v, init[k]) for k, v in sd.items() if k.startswith("denoiser."))  # the rest trained
+
+    # view 0 is the unshifted image: features and images condition the policy identically
+    val = next(frozen._batches(frozen.val_set, shuffle=False, seed=0))
+    rows = frozen.val_set.cache_rows[frozen.val_set.windows.obs_indices(np.arange(len(val["action"])))]
+    images = {k: frozen.val_set.cache[k][torch.as_tensor(rows)] for k in ("rgb/front", "rgb/wrist")}
+    frozen.policy.eval()
+    with torch.no_grad():
+        from_images = frozen.policy.condition({"state": val["obs"]["state"], **images})
+        from_features = frozen.policy.condition(val["obs"])
+    torch.testing.assert_close(from_features, from_images, rtol=1e-5, atol=1e-5)
+
+    tiny_dataset(tmp_path / "tiny.zarr")
+    state_run = Trainer(cfg_for(tmp_path, tmp_path / "state", ["train.steps=2"]))
+    state_run.train()
+    with pytest.raises(CheckpointError, match="cannot initialise"):
+        Trainer(pixel_cfg_for(tmp_path, tmp_path / "bad", [f"train.init_from={tmp_path / 'state' / 'last.pt'}"]))
