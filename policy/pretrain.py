@@ -39,6 +39,7 @@ from policy.diffusion import DiffusionConfig
 from policy.diffusion_policy import DiffusionPolicy, PolicyConfig
 from policy.ema import EMA
 from policy.frozen_features import frame_features
+from policy.train_log import TrainLog
 from policy.obs_encoder import ObsEncoderConfig
 from policy.vit import ViTConfig
 
@@ -297,13 +298,13 @@ class Trainer:
                          n_workers=int(e.n_workers), ddim_steps=int(e.ddim_steps), video_dir=video_dir)
 
     def train(self) -> dict[str, Any]:
-        from torch.utils.tensorboard import SummaryWriter
         from tqdm import tqdm
 
         tc = self.cfg.train
         total = int(tc.steps)
         stop = total if tc.chunk_steps is None else min(total, self.step + int(tc.chunk_steps))
-        writer = SummaryWriter(str(self.out / "tb")) if self.rank == 0 else None
+        writer = TrainLog(self.out, self.cfg.wandb, OmegaConf.to_container(self.cfg, resolve=True)) \
+            if self.rank == 0 else None
         batches = self.train_batches()
         self.policy.train()
         bar = tqdm(total=stop, initial=self.step, desc="pretrain", unit="step", disable=self.rank != 0)
@@ -323,25 +324,25 @@ class Trainer:
             bar.update(1)
             if self.step % int(tc.log_every) == 0 and writer is not None:
                 rate = len(running) * int(tc.batch_size) / (time.perf_counter() - t0)
-                writer.add_scalar("train/loss", np.mean(running), self.step)
-                writer.add_scalar("train/lr", self.sched.get_last_lr()[0], self.step)
-                writer.add_scalar("train/grad_norm", float(grad_norm), self.step)
-                writer.add_scalar("train/samples_per_s", rate, self.step)
+                writer.scalar("train/loss", np.mean(running), self.step)
+                writer.scalar("train/lr", self.sched.get_last_lr()[0], self.step)
+                writer.scalar("train/grad_norm", float(grad_norm), self.step)
+                writer.scalar("train/samples_per_s", rate, self.step)
                 self.history.append({"step": self.step, "train_loss": float(np.mean(running))})
                 bar.set_postfix(loss=f"{np.mean(running):.4f}", samples_s=f"{rate:.0f}")
                 running, t0 = [], time.perf_counter()
             if self.step % int(tc.val_every) == 0 or self.step == total:
                 val = self.validate()
                 if val is not None and writer is not None:
-                    writer.add_scalar("val/loss", val, self.step)
+                    writer.scalar("val/loss", val, self.step)
                     self.history.append({"step": self.step, "val_loss": val})
             if self.cfg.eval.every and (self.step % int(self.cfg.eval.every) == 0 or self.step == total):
                 res = self.evaluate()
                 if res is not None:
-                    writer.add_scalar("eval/success_rate", res["success_rate"], self.step)
+                    writer.scalar("eval/success_rate", res["success_rate"], self.step)
                     rates = dict(res.get("milestone_rates", {}))
                     for name, rate in rates.items():
-                        writer.add_scalar(f"eval/milestone/{name}", rate, self.step)
+                        writer.scalar(f"eval/milestone/{name}", rate, self.step)
                     self.history.append({"step": self.step, "success_rate": res["success_rate"], "milestones": rates})
                     log.info("step %d: success %.2f over %d episodes; milestones %s", self.step,
                              res["success_rate"], len(res["episodes"]),
@@ -352,8 +353,9 @@ class Trainer:
                     self.save(f"step_{self.step}.pt")
         bar.close()
         if writer is not None:
-            writer.close()
             plot_history(self.history, self.out / "learning_curve.png")
+            writer.image("learning_curve", self.out / "learning_curve.png", self.step)
+            writer.close()
         return {"step": self.step, "history": self.history}
 
 

@@ -220,3 +220,30 @@ def test_frozen_image_encoders_train_the_rest_from_cached_features(tmp_path):
     state_run.train()
     with pytest.raises(CheckpointError, match="cannot initialise"):
         Trainer(pixel_cfg_for(tmp_path, tmp_path / "bad", [f"train.init_from={tmp_path / 'state' / 'last.pt'}"]))
+
+
+def test_wandb_mirrors_the_logs_offline_and_resumed_chunks_stay_one_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    tiny_dataset(tmp_path / "tiny.zarr")
+    out = tmp_path / "wb"
+    extra = ["wandb.enabled=true", "wandb.mode=offline", "wandb.project=tests", "train.chunk_steps=4"]
+    Trainer(cfg_for(tmp_path, out, extra)).train()
+    run_id = (out / "wandb_run_id").read_text()
+    second = Trainer(cfg_for(tmp_path, out, extra))
+    assert second.step == 4
+    second.train()
+    assert (out / "wandb_run_id").read_text() == run_id  # one W&B run across the chunks
+    run_dirs = sorted((out / "wandb").glob(f"offline-run-*-{run_id}"))
+    assert run_dirs
+    logged = b"".join(f.read_bytes() for d in run_dirs for f in d.glob("*.wandb"))
+    for key in (b"train/loss", b"train/lr", b"val/loss", b"learning_curve"):
+        assert key in logged, key
+    assert (out / "tb").is_dir()  # TensorBoard is written either way
+
+
+def test_wandb_without_the_package_names_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb -> ImportError
+    tiny_dataset(tmp_path / "tiny.zarr")
+    trainer = Trainer(cfg_for(tmp_path, tmp_path / "nowb", ["wandb.enabled=true"]))
+    with pytest.raises(ImportError, match=r"pip install -e '\.\[wandb\]'"):
+        trainer.train()
