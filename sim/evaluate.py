@@ -17,10 +17,32 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
+def env_config_for(policy_cfg, cfg: Mapping[str, Any]):
+    """A copy of the Hydra config `cfg` whose observation group is what the policy was trained
+    on: its cameras and image size (or state only, so nothing is rendered for a state policy),
+    and the privileged part poses when it reads them."""
+    import copy
+
+    from omegaconf import DictConfig, OmegaConf, open_dict
+
+    cfg = copy.deepcopy(cfg) if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
+    with open_dict(cfg):
+        if policy_cfg.obs.cameras:
+            cfg.obs.mode = "pixel"
+            cfg.obs.cameras = list(policy_cfg.obs.cameras)
+            cfg.obs.image_hw = list(policy_cfg.obs.image_hw)
+        else:
+            cfg.obs.mode = "state"
+        if "parts" in policy_cfg.obs.lowdim_keys:
+            cfg.env.include_parts = True
+    return cfg
+
+
 def evaluate_policy(policy, cfg: Mapping[str, Any], episodes: int = 8, n_envs: int = 4, n_workers: int = 2,
                     ddim_steps: int | None = None, seed: int = 100_000, video_dir: str | Path | None = None,
                     video_episodes: int = 1, progress: bool = False) -> dict[str, Any]:
-    """`cfg` is a Hydra config with task/sim/env/obs groups (the env the policy runs in)."""
+    """`cfg` is a Hydra config with task/sim/env/obs groups (the env the policy runs in; its obs
+    group is set from the policy by `env_config_for`)."""
     import torch
 
     from policy.diffusion_policy import ObsHistory
@@ -30,7 +52,7 @@ def evaluate_policy(policy, cfg: Mapping[str, Any], episodes: int = 8, n_envs: i
     n_envs = min(n_envs, episodes)
     record = partial(record_first_env, directory=str(video_dir) if video_dir else None, prefix="policy",
                      episodes=video_episodes, camera="both", image_hw=(120, 160))
-    envs = make_vector_env_from_hydra(cfg, n_envs=n_envs, n_workers=n_workers, wrap=record)
+    envs = make_vector_env_from_hydra(env_config_for(policy.cfg, cfg), n_envs=n_envs, n_workers=n_workers, wrap=record)
     keys = list(policy.cfg.obs.lowdim_keys) + [f"rgb/{c}" for c in policy.cfg.obs.cameras]
     history = ObsHistory(policy.cfg.obs.obs_history, keys)
     queues: list[list[np.ndarray]] = [[] for _ in range(n_envs)]

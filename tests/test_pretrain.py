@@ -88,7 +88,7 @@ def test_eval_policy_tool_takes_the_obs_setup_from_the_checkpoint(tmp_path):
                                          "env.n_workers=0", "task.max_episode_steps=6", "video.enabled=false",
                                          "obs=pixel"])  # the checkpoint is state-only: overridden
     summary = run(cfg, tmp_path)
-    assert cfg.obs.mode == "state"
+    assert summary["obs"] == "state"
     assert summary["episodes"] == 2 and summary["success_rate"] == 0.0
     assert set(summary["milestone_rates"]) >= {"leg_lifted", "thread_engaged"}
     assert (tmp_path / "summary.json").exists()
@@ -247,3 +247,21 @@ def test_wandb_without_the_package_names_what_to_install(tmp_path, monkeypatch):
     trainer = Trainer(cfg_for(tmp_path, tmp_path / "nowb", ["wandb.enabled=true"]))
     with pytest.raises(ImportError, match=r"pip install -e '\.\[wandb\]'"):
         trainer.train()
+
+
+def test_evaluation_env_observes_what_the_policy_was_trained_on(tmp_path):
+    """A state policy is not rendered for; a pixel policy gets its own cameras and image size,
+    whatever the obs group of the config says; the caller's config is left as it was."""
+    from sim.evaluate import env_config_for
+
+    tiny_dataset(tmp_path / "tiny.zarr")
+    tiny_pixel_dataset(tmp_path / "px.zarr")
+    state = Trainer(cfg_for(tmp_path, tmp_path / "s", ["obs=pixel"]))
+    assert state.cfg.obs.mode == "pixel"
+    env_cfg = env_config_for(state.pcfg, state.cfg)
+    assert env_cfg.obs.mode == "state" and env_cfg.env.include_parts
+    assert state.cfg.obs.mode == "pixel"  # not modified
+    pixel = Trainer(pixel_cfg_for(tmp_path, tmp_path / "p", ["obs.cameras=[wrist,front]"]))
+    pixel_env = env_config_for(pixel.pcfg, {**pixel.cfg, "obs": {"mode": "state", "cameras": [], "image_hw": [96, 96]}})
+    assert pixel_env.obs.mode == "pixel" and list(pixel_env.obs.image_hw) == [16, 16]
+    assert list(pixel_env.obs.cameras) == ["wrist", "front"]

@@ -15,30 +15,17 @@ from pathlib import Path
 import hydra
 import numpy as np
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 import policy as policy_pkg
-from sim.evaluate import evaluate_policy
+from sim.evaluate import env_config_for, evaluate_policy
 
 log = logging.getLogger("eval_policy")
 
 
-def match_obs_to_policy(cfg: DictConfig, pcfg) -> None:
-    """Set the env's observation group to what the policy was trained on."""
-    with open_dict(cfg):
-        if pcfg.obs.cameras:
-            cfg.obs.mode = "pixel"
-            cfg.obs.cameras = list(pcfg.obs.cameras)
-            cfg.obs.image_hw = list(pcfg.obs.image_hw)
-        else:
-            cfg.obs.mode = "state"
-        if "parts" in pcfg.obs.lowdim_keys:
-            cfg.env.include_parts = True
-
-
 def run(cfg: DictConfig, out_dir: Path) -> dict:
     pi = policy_pkg.load(cfg.checkpoint, use_ema=bool(cfg.use_ema), device=policy_pkg.resolve_device(str(cfg.device)))
-    match_obs_to_policy(cfg, pi.cfg)
+    cfg = env_config_for(pi.cfg, cfg)
     res = evaluate_policy(pi, cfg, episodes=int(cfg.episodes), n_envs=int(cfg.env.n_envs),
                           n_workers=int(cfg.env.n_workers), ddim_steps=int(cfg.ddim_steps), seed=int(cfg.seed),
                           video_dir=out_dir if cfg.video.enabled else None, video_episodes=int(cfg.video.episodes),
