@@ -9,11 +9,19 @@ at the speed of the state-only policy (tens of steps/s on two CPU cores instead 
 Random-shift augmentation survives as `views`: view 0 is the unshifted image, views 1.. are
 independently shifted copies, and training batches pick one per frame
 (`DeviceWindowBatches(image_features=...)`).
+
+Computing them takes minutes on a CPU (~455 images/s: 4 views of a 100-demo set is ~10 min), so
+`cached_frame_features` keeps them in the run directory, keyed by everything they depend on, and
+a resumed chunk reads them back in a second.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -52,3 +60,41 @@ def frame_features(encoder: ObsEncoder, dataset: EpisodeWindowDataset, views: in
     finally:
         encoder.train(was_training)
     return out
+
+
+def features_key(encoder: ObsEncoder, dataset: EpisodeWindowDataset, views: int, seed: int) -> str:
+    """Hash of what the features depend on: encoder weights and image settings, the frames
+    (dataset path, episodes, their low-dim data), the number of views and the shift seed."""
+    h = hashlib.sha256()
+    for name, t in sorted(encoder.vits.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    h.update(repr((encoder.cfg.cameras, encoder.cfg.image_hw, encoder.shift_pad, encoder.cfg.share_vit,
+                   str(Path(dataset.path).resolve()), views, seed)).encode())
+    h.update(np.asarray(dataset.episodes).tobytes())
+    for k in sorted(dataset.lowdim):
+        h.update(k.encode())
+        h.update(dataset.lowdim[k].tobytes())
+    return h.hexdigest()[:20]
+
+
+def cached_frame_features(encoder: ObsEncoder, dataset: EpisodeWindowDataset, cache_dir: str | os.PathLike,
+                          views: int = 1, seed: int = 0, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """`frame_features`, read from `cache_dir` when it holds them for exactly these inputs."""
+    path = Path(cache_dir) / f"{features_key(encoder, dataset, views, seed)}.pt"
+    if path.exists():
+        try:
+            feats = torch.load(path, map_location="cpu", weights_only=True)
+            rows = len(next(iter(dataset.cache.values())))
+            if set(feats) == {f"rgb/{c}" for c in encoder.cfg.cameras} and all(
+                    f.shape[:2] == (rows, views) for f in feats.values()):
+                log.info("frozen-encoder features read from %s", path)
+                return feats
+        except Exception as e:  # noqa: BLE001 - a damaged cache file is recomputed, never trusted
+            log.warning("ignoring unreadable feature cache %s (%s)", path, e)
+    feats = frame_features(encoder, dataset, views=views, seed=seed, device=device)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # DDP ranks may write at once
+    torch.save(feats, tmp)
+    os.replace(tmp, path)
+    return feats

@@ -38,7 +38,7 @@ from policy.denoisers import MLPDenoiserConfig, UNetDenoiserConfig
 from policy.diffusion import DiffusionConfig
 from policy.diffusion_policy import DiffusionPolicy, PolicyConfig
 from policy.ema import EMA
-from policy.frozen_features import frame_features
+from policy.frozen_features import cached_frame_features
 from policy.train_log import TrainLog
 from policy.obs_encoder import ObsEncoderConfig
 from policy.vit import ViTConfig
@@ -235,8 +235,8 @@ class Trainer:
                 raise ValueError("train.freeze_image_encoders computes features from the image cache; "
                                  "set data.cache_images=true (it did not fit the memory budget)")
             views = int(self.cfg.data.feature_views) if dataset is self.train_set else 1
-            feats = frame_features(self.policy.encoder, dataset, views=views, seed=int(self.cfg.seed),
-                                   device=self.device)
+            feats = cached_frame_features(self.policy.encoder, dataset, self.out / "features", views=views,
+                                          seed=int(self.cfg.seed), device=self.device)
             self._on_device[key] = DeviceWindowBatches(dataset, self.device, image_features=feats)
             log.info("frozen image encoders: batches from %.1f MB of cached features (%d views)",
                      self._on_device[key].nbytes() / 2**20, views)

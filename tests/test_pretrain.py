@@ -176,7 +176,7 @@ def pixel_cfg_for(tmp_path, out, extra=()):
                                    "data.cache_images=true", *extra])
 
 
-def test_frozen_image_encoders_train_the_rest_from_cached_features(tmp_path):
+def test_frozen_image_encoders_train_the_rest_from_cached_features(tmp_path, monkeypatch):
     """Warm start + frozen cameras: the encoders keep the initial weights, batches carry their
     cached features (augmented views in training), and those features give the policy exactly the
     conditioning its images give it."""
@@ -214,6 +214,22 @@ def test_frozen_image_encoders_train_the_rest_from_cached_features(tmp_path):
         from_images = frozen.policy.condition({"state": val["obs"]["state"], **images})
         from_features = frozen.policy.condition(val["obs"])
     torch.testing.assert_close(from_features, from_images, rtol=1e-5, atol=1e-5)
+
+    # a resumed chunk reads the features back from the run directory instead of recomputing them
+    import policy.frozen_features as ff
+
+    def recompute(*a, **k):
+        raise AssertionError("features recomputed")
+
+    monkeypatch.setattr(ff, "frame_features", recompute)
+    resumed = Trainer(pixel_cfg_for(tmp_path, tmp_path / "frozen", ["train.steps=8", "train.freeze_image_encoders=true",
+                                                                    "data.feature_views=3"]))
+    assert resumed.step == 6
+    torch.testing.assert_close(resumed._feature_batches(resumed.train_set).features["rgb/front"], feats, rtol=0, atol=0)
+    with pytest.raises(AssertionError, match="recomputed"):  # other views: other features, not the cached ones
+        Trainer(pixel_cfg_for(tmp_path, tmp_path / "frozen", ["train.freeze_image_encoders=true",
+                                                             "data.feature_views=2"])).train_batches().__next__()
+    monkeypatch.undo()
 
     tiny_dataset(tmp_path / "tiny.zarr")
     state_run = Trainer(cfg_for(tmp_path, tmp_path / "state", ["train.steps=2"]))
