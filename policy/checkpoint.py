@@ -74,3 +74,19 @@ def load_policy(path: str | os.PathLike, use_ema: bool = True, device: str | tor
         raise CheckpointError(f"checkpoint {path} does not match this code's policy: {e}") from e
     policy.schema = payload.get("schema", {})
     return policy.to(device).eval()
+
+
+def export_weights(src: str | os.PathLike, dst: str | os.PathLike, note: str = "", use_ema: bool = True) -> Path:
+    """A deployable copy of a training checkpoint: the (EMA) weights as the model, no optimizer
+    or training state (a third of the size), the config, normaliser and schema unchanged, and a
+    `note` saying what it is. `load_policy` reads it like any checkpoint."""
+    payload = load_checkpoint(src)
+    weights = payload["ema"]["model"] if use_ema and payload.get("ema") else payload["model"]
+    meta = {k: v for k, v in dict(payload.get("meta") or {}).items() if k == "config"}
+    out = {**payload, "model": weights, "ema": None, "train": None, "meta": {**meta, "note": note}}
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".tmp")
+    torch.save(out, tmp)
+    os.replace(tmp, dst)
+    return dst

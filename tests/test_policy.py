@@ -159,6 +159,29 @@ def test_checkpoint_round_trip_reproduces_actions(tmp_path):
     np.testing.assert_allclose(np.linalg.norm(r, axis=-1), 1.0, atol=1e-5)
 
 
+def test_exported_weights_act_like_the_training_checkpoints_ema(tmp_path):
+    from policy.checkpoint import export_weights
+
+    p = DiffusionPolicy(small_cfg(cameras=("front",)), normalizer())
+    ema = EMA(p)
+    for _ in range(3):  # EMA weights now differ from the model's
+        with torch.no_grad():
+            for q in p.parameters():
+                q.add_(0.01)
+        ema.update(p)
+    full = save_checkpoint(tmp_path / "full.pt", p, ema=ema, train_state={"step": 3}, meta={"config": "{}"})
+    small = export_weights(full, tmp_path / "small.pt", note="test export")
+    raw = torch.load(small, weights_only=True)
+    assert raw["ema"] is None and raw["train"] is None and raw["meta"] == {"config": "{}", "note": "test export"}
+    assert small.stat().st_size < 0.6 * full.stat().st_size
+    obs = {k: v.numpy() for k, v in batch(cams=("front",)).items()}
+    from_ema = policy_pkg.load(full).act(obs, generator=torch.Generator().manual_seed(1))
+    exported = policy_pkg.load(small).act(obs, generator=torch.Generator().manual_seed(1))
+    raw_model = policy_pkg.load(full, use_ema=False).act(obs, generator=torch.Generator().manual_seed(1))
+    np.testing.assert_array_equal(exported, from_ema)
+    assert not np.array_equal(exported, raw_model)
+
+
 def test_bad_checkpoints_give_clear_errors(tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
         policy_pkg.load(tmp_path / "nope.pt")
