@@ -320,3 +320,24 @@ def test_reference_checkpoint_still_loads_and_acts_near_the_hand():
     assert a.shape == (1, 7, 10) and np.isfinite(a).all()
     # the first target is a small step from the current hand position (the expert moves <= 3 cm)
     assert np.linalg.norm(a[0, 0, :3] - state[:3]) < 0.05
+
+
+def test_pixel_reference_checkpoint_loads_and_acts_from_rendered_images():
+    """checkpoints/one_leg_pixel_bc.pt acts from real renders of the one_leg scene."""
+    from pathlib import Path
+
+    from sim.backends.mujoco_one_leg import OneLegMujocoEnv
+    from sim.config import EnvConfig, RenderConfig
+
+    pi = policy_pkg.load(Path(__file__).resolve().parents[1] / "checkpoints" / "one_leg_pixel_bc.pt")
+    assert pi.cfg.obs.cameras == ["front", "wrist"] and pi.cfg.obs.lowdim_keys == ["state"]
+    env = OneLegMujocoEnv(EnvConfig(randomness="low", obs_mode="pixel",
+                                    render=RenderConfig(cameras=("front", "wrist"), image_hw=tuple(pi.cfg.obs.image_hw))))
+    try:
+        obs, _ = env.reset(seed=100000)
+    finally:
+        env.close()
+    batch = {k: np.repeat(np.asarray(obs[k])[None, None], 2, axis=1) for k in ("state", "rgb/front", "rgb/wrist")}
+    a = pi.act(batch, generator=torch.Generator().manual_seed(0))
+    assert a.shape == (1, 7, 10) and np.isfinite(a).all()
+    assert np.linalg.norm(a[0, 0, :3] - obs["state"][:3]) < 0.05  # a small first step from the hand
