@@ -23,8 +23,6 @@ class CheckpointError(Exception):
 
 def save_checkpoint(path: str | os.PathLike, policy, *, ema=None, train_state: Mapping[str, Any] | None = None,
                     schema: Mapping[str, Any] | None = None, meta: Mapping[str, Any] | None = None) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": FORMAT,
         "version": VERSION,
@@ -36,10 +34,23 @@ def save_checkpoint(path: str | os.PathLike, policy, *, ema=None, train_state: M
         "train": dict(train_state) if train_state is not None else None,
         "meta": dict(meta or {}),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)  # an interrupted save never leaves a truncated checkpoint behind
+    return atomic_save(payload, path)
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """torch.save through a temporary file, so an interrupted save never leaves a truncated file
+    behind (the pid in its name keeps DDP ranks that save at once apart)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
     return path
+
+
+def checkpoint_weights(payload: Mapping[str, Any], use_ema: bool = True) -> dict[str, Any]:
+    """The policy weights of a loaded checkpoint: its EMA weights when asked for and present."""
+    return payload["ema"]["model"] if use_ema and payload.get("ema") else payload["model"]
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -68,8 +79,7 @@ def load_policy(path: str | os.PathLike, use_ema: bool = True, device: str | tor
     try:
         cfg = PolicyConfig.from_dict(payload["config"])
         policy = DiffusionPolicy(cfg, Normalizer.from_state_dict(payload["normalizer"]))
-        weights = payload["ema"]["model"] if use_ema and payload.get("ema") else payload["model"]
-        policy.load_state_dict(weights)
+        policy.load_state_dict(checkpoint_weights(payload, use_ema))
     except (TypeError, KeyError, RuntimeError, ValueError) as e:
         raise CheckpointError(f"checkpoint {path} does not match this code's policy: {e}") from e
     policy.schema = payload.get("schema", {})
@@ -81,12 +91,6 @@ def export_weights(src: str | os.PathLike, dst: str | os.PathLike, note: str = "
     or training state (a third of the size), the config, normaliser and schema unchanged, and a
     `note` saying what it is. `load_policy` reads it like any checkpoint."""
     payload = load_checkpoint(src)
-    weights = payload["ema"]["model"] if use_ema and payload.get("ema") else payload["model"]
     meta = {k: v for k, v in dict(payload.get("meta") or {}).items() if k == "config"}
-    out = {**payload, "model": weights, "ema": None, "train": None, "meta": {**meta, "note": note}}
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".tmp")
-    torch.save(out, tmp)
-    os.replace(tmp, dst)
-    return dst
+    return atomic_save({**payload, "model": checkpoint_weights(payload, use_ema), "ema": None, "train": None,
+                        "meta": {**meta, "note": note}}, dst)

@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from data.torch_dataset import EpisodeWindowDataset
+from policy.checkpoint import atomic_save
 from policy.obs_encoder import ObsEncoder
 
 log = logging.getLogger(__name__)
@@ -93,8 +94,5 @@ def cached_frame_features(encoder: ObsEncoder, dataset: EpisodeWindowDataset, ca
         except Exception as e:  # noqa: BLE001 - a damaged cache file is recomputed, never trusted
             log.warning("ignoring unreadable feature cache %s (%s)", path, e)
     feats = frame_features(encoder, dataset, views=views, seed=seed, device=device)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # DDP ranks may write at once
-    torch.save(feats, tmp)
-    os.replace(tmp, path)
+    atomic_save(feats, path)  # DDP ranks may write at once
     return feats

@@ -33,7 +33,7 @@ from data.schema import ActionSchema
 from data.torch_dataset import EpisodeWindowDataset, WindowDatasetConfig, make_loader
 from policy import resolve_device
 from policy.action_repr import RELATIVE, RELATIVE_KEY, relative_chunks
-from policy.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from policy.checkpoint import CheckpointError, checkpoint_weights, load_checkpoint, save_checkpoint
 from policy.denoisers import MLPDenoiserConfig, UNetDenoiserConfig
 from policy.diffusion import DiffusionConfig
 from policy.diffusion_policy import DiffusionPolicy, PolicyConfig
@@ -175,9 +175,8 @@ class Trainer:
         """Start from another run's weights (its EMA weights when it has them) with a fresh
         optimiser, schedule and step count: a warm start, unlike `resume`."""
         payload = load_checkpoint(path)
-        weights = payload["ema"]["model"] if payload.get("ema") else payload["model"]
         try:
-            self.policy.load_state_dict(weights)
+            self.policy.load_state_dict(checkpoint_weights(payload))
         except RuntimeError as e:
             raise CheckpointError(f"cannot initialise from {path}: its policy differs from this config ({e})") from e
         log.info("weights initialised from %s", path)
