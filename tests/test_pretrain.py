@@ -281,3 +281,19 @@ def test_evaluation_env_observes_what_the_policy_was_trained_on(tmp_path):
     pixel_env = env_config_for(pixel.pcfg, {**pixel.cfg, "obs": {"mode": "state", "cameras": [], "image_hw": [96, 96]}})
     assert pixel_env.obs.mode == "pixel" and list(pixel_env.obs.image_hw) == [16, 16]
     assert list(pixel_env.obs.cameras) == ["wrist", "front"]
+
+
+def test_a_damaged_feature_cache_is_recomputed_not_trusted(tmp_path):
+    from policy.frozen_features import cached_frame_features, features_key, frame_features
+
+    tiny_pixel_dataset(tmp_path / "px.zarr")
+    trainer = Trainer(pixel_cfg_for(tmp_path, tmp_path / "run"))
+    enc, ds = trainer.policy.encoder, trainer.train_set
+    path = tmp_path / "cache" / f"{features_key(enc, ds, 2, 0)}.pt"
+    path.parent.mkdir()
+    path.write_bytes(b"not a torch file")
+    got = cached_frame_features(enc, ds, tmp_path / "cache", views=2, seed=0)
+    fresh = frame_features(enc, ds, views=2, seed=0)
+    for k in fresh:
+        torch.testing.assert_close(got[k], fresh[k], rtol=0, atol=0)
+    assert torch.load(path, weights_only=True).keys() == fresh.keys()  # replaced by the good features
