@@ -3,7 +3,9 @@
 The 6D rotation follows pytorch3d's `matrix_to_rotation_6d` (the first two *rows* of the
 matrix), which is what DPPO's furniture data and furniture-bench's converters use, so
 actions recorded elsewhere map onto ours without a transpose.
-Quaternions are MuJoCo order (w, x, y, z).
+Quaternions are MuJoCo order (w, x, y, z) unless a function's name says `xyzw`: robosuite,
+IsaacGym, polymetis and scipy use (x, y, z, w), and reading one order as the other silently
+gives a different rotation, so the order is in the name and stated in every docstring.
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ def rot6d_to_matrix(r6: np.ndarray) -> np.ndarray:
 
 
 def quat_to_matrix(q: np.ndarray) -> np.ndarray:
-    """(..., 4) wxyz -> (..., 3, 3)."""
+    """(..., 4) quaternion in **wxyz** order -> (..., 3, 3); normalised first, so any nonzero scale is fine."""
     q = np.asarray(q, dtype=np.float64)
     q = q / np.linalg.norm(q, axis=-1, keepdims=True)
     w, x, y, z = q[..., 0], q[..., 1], q[..., 2], q[..., 3]
@@ -49,7 +51,7 @@ def quat_to_matrix(q: np.ndarray) -> np.ndarray:
 
 
 def matrix_to_quat(m: np.ndarray) -> np.ndarray:
-    """(..., 3, 3) -> (..., 4) wxyz with w >= 0 (Shepperd's method, batched)."""
+    """(..., 3, 3) -> (..., 4) quaternion in **wxyz** order with w >= 0 (Shepperd's method, batched)."""
     m = np.asarray(m, dtype=np.float64)
     flat = m.reshape(-1, 3, 3)
     out = np.empty((flat.shape[0], 4))
@@ -69,6 +71,43 @@ def matrix_to_quat(m: np.ndarray) -> np.ndarray:
             out[i] = [(r[1, 0] - r[0, 1]) / s, (r[0, 2] + r[2, 0]) / s, (r[1, 2] + r[2, 1]) / s, 0.25 * s]
     out *= np.where(out[:, :1] < 0, -1.0, 1.0)
     return out.reshape(*m.shape[:-2], 4)
+
+
+def quat_xyzw_to_wxyz(q: np.ndarray) -> np.ndarray:
+    """(..., 4) **xyzw** (robosuite, IsaacGym, polymetis, scipy) -> (..., 4) **wxyz** (MuJoCo, ours)."""
+    q = np.asarray(q)
+    return q[..., [3, 0, 1, 2]]
+
+
+def quat_wxyz_to_xyzw(q: np.ndarray) -> np.ndarray:
+    """(..., 4) **wxyz** (MuJoCo, ours) -> (..., 4) **xyzw** (robosuite, IsaacGym, polymetis, scipy)."""
+    q = np.asarray(q)
+    return q[..., [1, 2, 3, 0]]
+
+
+def quat_xyzw_to_matrix(q: np.ndarray) -> np.ndarray:
+    """(..., 4) quaternion in **xyzw** order -> (..., 3, 3).
+
+    For data recorded by robosuite (`robot0_eef_quat`), IsaacGym and furniture-bench, which
+    store the scalar last; the same rotation as `quat_to_matrix(quat_xyzw_to_wxyz(q))`.
+    """
+    return quat_to_matrix(quat_xyzw_to_wxyz(np.asarray(q, dtype=np.float64)))
+
+
+def rotvec_to_matrix(rv: np.ndarray) -> np.ndarray:
+    """(..., 3) rotation vector (axis * angle in rad, right-handed) -> (..., 3, 3), batched Rodrigues.
+
+    The form robosuite's `actions_abs` and many LeRobot datasets use for orientation; a zero
+    vector is the identity (no division by the zero angle).
+    """
+    rv = np.asarray(rv, dtype=np.float64)
+    theta = np.linalg.norm(rv, axis=-1)
+    axis = np.where(theta[..., None] > 1e-12, rv / np.maximum(theta, 1e-12)[..., None], 0.0)
+    x, y, z = axis[..., 0], axis[..., 1], axis[..., 2]
+    zero = np.zeros_like(x)
+    k = np.stack([np.stack([zero, -z, y], -1), np.stack([z, zero, -x], -1), np.stack([-y, x, zero], -1)], -2)
+    s, c = np.sin(theta)[..., None, None], np.cos(theta)[..., None, None]
+    return np.eye(3) + s * k + (1.0 - c) * (k @ k)
 
 
 def axis_angle_to_matrix(axis: np.ndarray, angle: float) -> np.ndarray:

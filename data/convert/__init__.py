@@ -19,8 +19,7 @@ output); the command line is `cli` (run by `__main__`). This package imports not
 project outside `data/`.
 """
 from data.convert.cli import FORMATS, build_parser, cli, convert, main, parse_mapping
-from data.convert.common import (Episode, Source, gripper_command_to_width, pose_vector, quat_xyzw_to_matrix,
-                                 rotvec_to_matrix)
+from data.convert.common import Episode, Source, gripper_command_to_width, pose_vector
 from data.convert.furniture_bench import (FURNITURE_CAMERAS, FURNITURE_GRASP_MARGIN, FURNITURE_HZ,
                                           FURNITURE_MAX_GRIPPER_WIDTH, PICKLE_SUFFIXES, delta_rotation,
                                           furniture_episode, furniture_files, load_pickle, read_furniture_bench)
@@ -32,6 +31,7 @@ from data.convert.robomimic import (ROBOMIMIC_CAMERAS, ROBOMIMIC_DEFAULT_HZ, ROB
                                     target_offset)
 from data.convert.writer import build_attrs, write_ours
 from data.episodes import DatasetError
+from data.rotation import quat_xyzw_to_matrix, rotvec_to_matrix  # they lived here before data/rotation.py
 
 __all__ = [
     "FORMATS", "FURNITURE_CAMERAS", "FURNITURE_GRASP_MARGIN", "FURNITURE_HZ", "FURNITURE_MAX_GRIPPER_WIDTH",

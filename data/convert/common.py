@@ -13,7 +13,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from data.episodes import DatasetError
-from data.rotation import matrix_to_rot6d, quat_to_matrix
+from data.rotation import matrix_to_rot6d
 
 
 @dataclass
@@ -40,24 +40,6 @@ class Source:
     episodes: Iterator[Episode]
     notes: list[str] = field(default_factory=list)
     extra_attrs: dict[str, Any] = field(default_factory=dict)
-
-
-def quat_xyzw_to_matrix(q: np.ndarray) -> np.ndarray:
-    """(..., 4) xyzw (robosuite, IsaacGym, scipy) -> (..., 3, 3); our rotation module is wxyz."""
-    q = np.asarray(q, dtype=np.float64)
-    return quat_to_matrix(q[..., [3, 0, 1, 2]])
-
-
-def rotvec_to_matrix(rv: np.ndarray) -> np.ndarray:
-    """(..., 3) axis-angle (angle = norm) -> (..., 3, 3), batched Rodrigues."""
-    rv = np.asarray(rv, dtype=np.float64)
-    theta = np.linalg.norm(rv, axis=-1)
-    axis = np.where(theta[..., None] > 1e-12, rv / np.maximum(theta, 1e-12)[..., None], 0.0)
-    x, y, z = axis[..., 0], axis[..., 1], axis[..., 2]
-    zero = np.zeros_like(x)
-    k = np.stack([np.stack([zero, -z, y], -1), np.stack([z, zero, -x], -1), np.stack([-y, x, zero], -1)], -2)
-    s, c = np.sin(theta)[..., None, None], np.cos(theta)[..., None, None]
-    return np.eye(3) + s * k + (1.0 - c) * (k @ k)
 
 
 def pose_vector(pos: np.ndarray, rot: np.ndarray, width: np.ndarray, joints: np.ndarray | None = None) -> np.ndarray:

@@ -24,10 +24,9 @@ from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
-from data.convert.common import (Episode, Source, check_image, gripper_command_to_width, pose_vector,
-                                 quat_xyzw_to_matrix, rotvec_to_matrix)
+from data.convert.common import Episode, Source, check_image, gripper_command_to_width, pose_vector
 from data.episodes import DatasetError
-from data.rotation import rot6d_to_matrix
+from data.rotation import quat_xyzw_to_matrix, rot6d_to_matrix, rotvec_to_matrix
 from data.schema import RGB_PREFIX
 
 log = logging.getLogger(__name__)

@@ -20,10 +20,9 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from data.convert.common import (Episode, Source, check_image, gripper_command_to_width, pose_vector,
-                                 quat_xyzw_to_matrix, rotvec_to_matrix)
+from data.convert.common import Episode, Source, check_image, gripper_command_to_width, pose_vector
 from data.episodes import DatasetError
-from data.rotation import quat_to_matrix
+from data.rotation import quat_to_matrix, quat_xyzw_to_matrix, rotvec_to_matrix
 from data.schema import GRIPPER_MAX_WIDTH, RGB_PREFIX
 
 log = logging.getLogger(__name__)

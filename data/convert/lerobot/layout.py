@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from data.convert.common import gripper_command_to_width, pose_vector, quat_xyzw_to_matrix, rotvec_to_matrix
-from data.rotation import quat_to_matrix, rot6d_to_matrix
+from data.convert.common import gripper_command_to_width, pose_vector
+from data.rotation import quat_to_matrix, quat_xyzw_to_matrix, rot6d_to_matrix, rotvec_to_matrix
 
 LAYOUT_PARTS = {"pos": 3, "rot6d": 6, "quat_wxyz": 4, "quat_xyzw": 4, "rotvec": 3, "gripper": 1,
                 "gripper_qpos": 2, "gripper_cmd": 1, "joints": 7}
