@@ -58,19 +58,9 @@ class EnvConfig:
 
 
 def from_mapping(cls, data: Mapping[str, Any] | None):
-    """Build a (nested) dataclass from a plain mapping, rejecting unknown keys (typos)."""
-    data = dict(data or {})
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise KeyError(f"unknown {cls.__name__} keys: {unknown}; known: {sorted(known)}")
-    kwargs = {}
-    for name, value in data.items():
-        default = getattr(cls(), name)
-        if is_dataclass(default) and isinstance(value, Mapping):
-            kwargs[name] = from_mapping(type(default), value)
-        elif isinstance(default, tuple) and value is not None:
-            kwargs[name] = tuple(value)
-        else:
-            kwargs[name] = value
-    return cls(**kwargs)
+    """Build a (nested) dataclass from a plain mapping or OmegaConf container, rejecting unknown
+    keys (typos) with their dotted path: the project's one typed-config loader,
+    `data.typed_config.from_mapping`."""
+    from data.typed_config import from_mapping as typed_from_mapping
+
+    return typed_from_mapping(cls, data)
