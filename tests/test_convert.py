@@ -12,11 +12,12 @@ import pickle
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from data.convert import main
+from data.convert import DatasetFormatError, main
 from data.episodes import DatasetError, EpisodeDataset, EpisodeWriter
 from data.schema import ActionSchema, ObsSchema
 
@@ -492,3 +493,88 @@ def test_lerobot_foreign_layout_needs_description(tmp_path):
     with pytest.raises(DatasetError, match="meta/info.json"):
         main([str(tmp_path / "empty"), str(tmp_path / "out"), "--from", "lerobot"])
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------------
+# malformed LeRobot metadata: one error type, naming the file and what is wrong
+# ------------------------------------------------------------------------------------------
+INFO_VARIANTS: dict[str, tuple[Any, str]] = {  # name -> (raw text, or an edit of the valid info; phrase)
+    "null": ("null", "got null"),
+    "top_level_list": ("[]", "should hold a JSON object"),
+    "invalid_json": ('{"codebase_version": "v2.1",', "not valid JSON"),
+    "empty_file": ("", "not valid JSON"),
+    "missing_fps": (lambda i: i.pop("fps"), "missing required key 'fps'"),
+    "missing_all": (lambda i: i.clear(), "missing required keys 'codebase_version', 'fps', 'features'"),
+    "features_list": (lambda i: i.update(features=list(i["features"].values())),
+                      "'features' should be an object"),
+    "feature_not_object": (lambda i: i["features"].update(action="float32"),
+                           "features['action'] should be an object"),
+    "feature_without_dtype": (lambda i: i["features"]["observation.images.top"].pop("dtype"),
+                              "features['observation.images.top'] has no string 'dtype'"),
+    "state_shape_string": (lambda i: i["features"]["observation.state"].update(shape="8"),
+                           "features['observation.state']['shape'] should be a list of one positive integer"),
+    "action_missing": (lambda i: i["features"].pop("action"), "features lack required key 'action'"),
+    "fps_string": (lambda i: i.update(fps="10"), "'fps' should be a positive number"),
+    "version_number": (lambda i: i.update(codebase_version=2.1), "'codebase_version' should be a string"),
+    "version_unknown": (lambda i: i.update(codebase_version="v1.6"), "v1.6 is not supported"),
+    "video_path_number": (lambda i: i.update(video_path=5), "'video_path' should be a path template"),
+}
+
+
+def break_info(root: Path, change: Any) -> Path:
+    path = root / "meta/info.json"
+    if isinstance(change, str):
+        path.write_text(change)
+    else:
+        info = json.loads(path.read_text())
+        change(info)
+        path.write_text(json.dumps(info))
+    return path
+
+
+@pytest.mark.parametrize("case", sorted(INFO_VARIANTS))
+def test_lerobot_malformed_info_is_one_clear_error(tmp_path, case):
+    change, phrase = INFO_VARIANTS[case]
+    make_lerobot_v21(tmp_path / "v21")
+    path = break_info(tmp_path / "v21", change)
+    with pytest.raises(DatasetFormatError) as exc:
+        main([str(tmp_path / "v21"), str(tmp_path / "out"), "--from", "lerobot", "--camera", "top=front",
+              "--state-layout", "pos=0:3,quat_xyzw=3:7,gripper=7:8",
+              "--action-layout", "pos=0:3,rotvec=3:6,gripper_cmd=6:7"])
+    msg = str(exc.value)
+    assert msg.startswith(f"{path}: ") and phrase in msg, msg
+    assert isinstance(exc.value, DatasetError) and isinstance(exc.value, ValueError)  # old handlers still catch it
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("case", ["null", "invalid_json", "features_list"])
+def test_cli_malformed_info_prints_one_line_and_fails(tmp_path, case):
+    change, phrase = INFO_VARIANTS[case]
+    make_lerobot_v21(tmp_path / "v21")
+    path = break_info(tmp_path / "v21", change)
+    proc = subprocess.run([sys.executable, "-m", "data.convert", str(tmp_path / "v21"), str(tmp_path / "out"),
+                           "--from", "lerobot"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [x for x in proc.stderr.splitlines() if "error" in x.lower()]
+    assert len(lines) == 1 and str(path) in lines[0] and phrase in lines[0], proc.stderr
+
+
+def test_lerobot_malformed_jsonl_and_our_meta_name_the_file(tmp_path):
+    make_lerobot_v21(tmp_path / "v21")
+    root = tmp_path / "v21"
+    args = [str(root), str(tmp_path / "out"), "--from", "lerobot", "--camera", "top=front",
+            "--state-layout", "pos=0:3,quat_xyzw=3:7,gripper=7:8",
+            "--action-layout", "pos=0:3,rotvec=3:6,gripper_cmd=6:7"]
+    good_tasks = (root / "meta/tasks.jsonl").read_text()
+    (root / "meta/tasks.jsonl").write_text(good_tasks + '{"task_index": 1\n')
+    with pytest.raises(DatasetFormatError, match=r"tasks\.jsonl: line 2 is not valid JSON"):
+        main(args)
+    (root / "meta/tasks.jsonl").write_text(good_tasks)
+    (root / "meta/episodes.jsonl").write_text('{"tasks": ["stack the cube"], "length": 4}\n')
+    with pytest.raises(DatasetFormatError, match=r"episodes\.jsonl: line 1 has no integer 'episode_index'"):
+        main(args)
+    make_lerobot_v21(tmp_path / "v21b")
+    (tmp_path / "v21b/meta/pixel_dppo.json").write_text("[1, 2")
+    with pytest.raises(DatasetFormatError, match=r"pixel_dppo\.json: not valid JSON"):
+        main([str(tmp_path / "v21b")] + args[1:])

@@ -20,6 +20,7 @@ project outside `data/`.
 """
 from data.convert.cli import FORMATS, build_parser, cli, convert, main, parse_mapping
 from data.convert.common import Episode, Source, gripper_command_to_width, pose_vector
+from data.convert.errors import DatasetFormatError
 from data.convert.furniture_bench import (FURNITURE_CAMERAS, FURNITURE_GRASP_MARGIN, FURNITURE_HZ,
                                           FURNITURE_MAX_GRIPPER_WIDTH, PICKLE_SUFFIXES, delta_rotation,
                                           furniture_episode, furniture_files, load_pickle, read_furniture_bench)
@@ -38,9 +39,9 @@ __all__ = [
     "JOINT_NAMES", "LAYOUT_PARTS", "LEROBOT_CHUNKS_SIZE", "LEROBOT_DATA_PATH", "LEROBOT_EPISODES_PATH",
     "LEROBOT_IMAGE_PREFIX", "LEROBOT_INDEX_COLUMNS", "LEROBOT_VERSION", "LEROBOT_VIDEO_PATH", "OUR_META_FILE",
     "PICKLE_SUFFIXES", "ROBOMIMIC_CAMERAS", "ROBOMIMIC_DEFAULT_HZ", "ROBOMIMIC_REQUIRED_OBS", "ROT_PARTS",
-    "STATE_NAMES", "DatasetError", "Episode", "LeRobotExportOptions", "Source", "apply_layout", "build_attrs",
-    "build_parser", "cli", "convert", "delta_rotation", "export_lerobot", "furniture_episode", "furniture_files",
-    "gripper_command_to_width", "lerobot_key", "load_pickle", "main", "parse_layout", "parse_mapping",
-    "pose_vector", "quat_xyzw_to_matrix", "read_furniture_bench", "read_lerobot", "read_robomimic",
-    "rotvec_to_matrix", "target_offset", "write_ours",
+    "STATE_NAMES", "DatasetError", "DatasetFormatError", "Episode", "LeRobotExportOptions", "Source",
+    "apply_layout", "build_attrs", "build_parser", "cli", "convert", "delta_rotation", "export_lerobot",
+    "furniture_episode", "furniture_files", "gripper_command_to_width", "lerobot_key", "load_pickle", "main",
+    "parse_layout", "parse_mapping", "pose_vector", "quat_xyzw_to_matrix", "read_furniture_bench", "read_lerobot",
+    "read_robomimic", "rotvec_to_matrix", "target_offset", "write_ours",
 ]

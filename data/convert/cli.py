@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -17,8 +18,6 @@ from data.convert.robomimic import read_robomimic
 from data.convert.writer import write_ours
 from data.episodes import DatasetError
 from data.schema import GRIPPER_MAX_WIDTH
-
-log = logging.getLogger("data.convert")
 
 FORMATS = ("robomimic", "furniture_bench", "lerobot")
 DESCRIPTION = "Convert demonstration datasets between other formats and our zarr episodes."
@@ -123,6 +122,6 @@ def cli() -> int:
     """Command-line wrapper: a bad input prints one clear line instead of a traceback."""
     try:
         return main()
-    except (DatasetError, ValueError, FileNotFoundError) as e:
-        log.error("%s", e)
+    except (DatasetError, ValueError, FileNotFoundError) as e:  # DatasetFormatError is both of the first two
+        print(f"python -m data.convert: error: {e}", file=sys.stderr)  # also when logging is not set up
         return 1

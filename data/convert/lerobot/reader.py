@@ -18,11 +18,12 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from data.convert.common import Episode, Source
+from data.convert.errors import DatasetFormatError
 from data.convert.lerobot.columns import arrow, column_to_numpy, decode_image_column
 from data.convert.lerobot.format import (LEROBOT_CHUNKS_SIZE, LEROBOT_IMAGE_PREFIX, LEROBOT_INDEX_COLUMNS,
                                          OUR_META_FILE)
 from data.convert.lerobot.layout import apply_layout, parse_layout
-from data.convert.lerobot.meta import read_episode_records, read_info, read_tasks
+from data.convert.lerobot.meta import read_episode_records, read_info, read_our_meta, read_tasks
 from data.convert.lerobot.video import VideoCursor
 from data.episodes import DatasetError
 from data.schema import GRIPPER_MAX_WIDTH, RGB_PREFIX
@@ -49,12 +50,9 @@ class _LeRobotPlan:
 def _plan_lerobot(root: Path, cameras: Mapping[str, str] | None, state_layout: str | None,
                   action_layout: str | None) -> _LeRobotPlan:
     """Decide, before any frame is read, which features become which of our keys (fails early)."""
-    info = read_info(root)
+    info = read_info(root)  # checked: features is an object of objects, state/action shapes are (D,)
     feats = info["features"]
-    ours = json.loads((root / OUR_META_FILE).read_text()) if (root / OUR_META_FILE).is_file() else None
-    for required in ("observation.state", "action"):
-        if required not in feats:
-            raise DatasetError(f"{root}/meta/info.json: features lack required key '{required}'")
+    ours = read_our_meta(root / OUR_META_FILE)
     key_map: dict[str, str] = {}
     video_keys, image_keys = [], []
     for name, feat in feats.items():
@@ -99,7 +97,7 @@ def _plan_lerobot(root: Path, cameras: Mapping[str, str] | None, state_layout: s
                     "(pos, 6D rotation rows, gripper width m)", root,
                     " and ".join(n for n, lay in (("state", s_layout), ("action", a_layout)) if lay is None))
     return _LeRobotPlan(root, info, key_map, video_keys, image_keys, s_layout, a_layout,
-                        read_episode_records(root, info), ours, read_tasks(root))
+                        read_episode_records(root), ours, read_tasks(root))
 
 
 def read_lerobot(root: Path, *, cameras: Mapping[str, str] | None = None, state_layout: str | None = None,
@@ -206,7 +204,11 @@ def _lerobot_episode(plan: _LeRobotPlan, table, ep: int, cursors: dict[str, Vide
             values = apply_layout(values, plan.action_layout, joints=False, open_width=open_width)
         frames[key] = values
     rec = plan.records.get(ep, {})
-    meta = json.loads(rec["pixel_dppo_meta"]) if rec.get("pixel_dppo_meta") else {}
+    try:
+        meta = json.loads(rec["pixel_dppo_meta"]) if rec.get("pixel_dppo_meta") else {}
+    except json.JSONDecodeError as e:
+        raise DatasetFormatError(f"{plan.root}/meta/episodes: episode {ep} has a malformed 'pixel_dppo_meta' "
+                                 f"({e.msg})") from e
     success = bool(rec["success"]) if rec.get("success") is not None else True
     if "next.success" in table.column_names and rec.get("success") is None:
         success = bool(np.any(column_to_numpy(table["next.success"])))
