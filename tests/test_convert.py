@@ -578,3 +578,108 @@ def test_lerobot_malformed_jsonl_and_our_meta_name_the_file(tmp_path):
     (tmp_path / "v21b/meta/pixel_dppo.json").write_text("[1, 2")
     with pytest.raises(DatasetFormatError, match=r"pixel_dppo\.json: not valid JSON"):
         main([str(tmp_path / "v21b")] + args[1:])
+
+
+# ------------------------------------------------------------------------------------------
+# per-episode tasks through LeRobot import and export
+# ------------------------------------------------------------------------------------------
+MT_LENGTHS = (3, 4, 2)
+MT_TASKS = ("pick the cube", "stack the cube", "pick the cube")  # episode -> task
+MT_TASK_INDEX = {"stack the cube": 0, "pick the cube": 1}  # not the order of first use: catches positional lookups
+
+
+def make_lerobot_v30_multitask(root: Path, with_task_index: bool = True) -> dict[int, np.ndarray]:
+    """A LeRobot v3.0 folder as LeRobot writes it (one data file, tasks.parquet indexed by the task text)."""
+    import pandas as pd
+
+    pa, pq = arrow()
+    rng = np.random.default_rng(7)
+    states = {e: rng.normal(size=(n, 10)).astype(np.float32) for e, n in enumerate(MT_LENGTHS)}
+    feats = {"observation.state": {"dtype": "float32", "shape": [10], "names": None},
+             "action": {"dtype": "float32", "shape": [10], "names": None}}
+    for k in ("frame_index", "episode_index", "index", "task_index"):
+        feats[k] = {"dtype": "int64", "shape": [1], "names": None}
+    feats["timestamp"] = {"dtype": "float32", "shape": [1], "names": None}
+    info = {"codebase_version": "v3.0", "robot_type": "panda", "total_episodes": 3, "total_frames": sum(MT_LENGTHS),
+            "total_tasks": 2, "chunks_size": 1000, "fps": 10, "splits": {"train": "0:3"},
+            "data_path": "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet", "video_path": None,
+            "features": feats}
+    (root / "meta/episodes/chunk-000").mkdir(parents=True)
+    (root / "data/chunk-000").mkdir(parents=True)
+    (root / "meta/info.json").write_text(json.dumps(info))
+    pd.DataFrame({"task_index": list(MT_TASK_INDEX.values())},
+                 index=pd.Index(list(MT_TASK_INDEX), name="task")).to_parquet(root / "meta/tasks.parquet")
+    ep_col = np.concatenate([np.full(n, e) for e, n in enumerate(MT_LENGTHS)])
+    columns = {
+        "observation.state": pa.FixedSizeListArray.from_arrays(pa.array(np.concatenate(list(states.values())).ravel()),
+                                                               10),
+        "action": pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(sum(MT_LENGTHS) * 10, np.float32)), 10),
+        "timestamp": pa.array(np.concatenate([np.arange(n) / 10 for n in MT_LENGTHS]).astype(np.float32)),
+        "frame_index": pa.array(np.concatenate([np.arange(n) for n in MT_LENGTHS])),
+        "episode_index": pa.array(ep_col), "index": pa.array(np.arange(sum(MT_LENGTHS))),
+    }
+    if with_task_index:
+        columns["task_index"] = pa.array(np.array([MT_TASK_INDEX[MT_TASKS[e]] for e in ep_col], np.int64))
+    pq.write_table(pa.table(columns), root / "data/chunk-000/file-000.parquet")
+    starts = np.r_[0, np.cumsum(MT_LENGTHS)]
+    pq.write_table(pa.table({
+        "episode_index": list(range(3)), "tasks": [[t] for t in MT_TASKS], "length": list(MT_LENGTHS),
+        "data/chunk_index": [0] * 3, "data/file_index": [0] * 3,
+        "dataset_from_index": starts[:-1].tolist(), "dataset_to_index": starts[1:].tolist(),
+    }), root / "meta/episodes/chunk-000/file-000.parquet")
+    return states
+
+
+def exported_frame_tasks(root: Path) -> tuple[list[str], list[list[str]], list[str]]:
+    """(task text of every frame via its task_index, each episode record's tasks, the tasks table) of an export."""
+    import pandas as pd
+
+    _, pq = arrow()
+    tasks = pd.read_parquet(root / "meta/tasks.parquet")
+    by_index = {int(i): t for t, i in zip(tasks.index, tasks["task_index"])}
+    frames = [by_index[i] for i in pq.read_table(root / "data/chunk-000/file-000.parquet")["task_index"].to_pylist()]
+    episodes = pq.read_table(root / "meta/episodes/chunk-000/file-000.parquet").column("tasks").to_pylist()
+    return frames, episodes, list(tasks.index)
+
+
+def test_lerobot_per_episode_tasks_survive_import_export_import(tmp_path):
+    states = make_lerobot_v30_multitask(tmp_path / "lr")
+    main([str(tmp_path / "lr"), str(tmp_path / "ours"), "--from", "lerobot"])
+    ds = EpisodeDataset(tmp_path / "ours")
+    assert [m["task"] for m in ds.episodes_meta] == list(MT_TASKS)  # import keeps each episode's task
+    assert ds.attrs["lerobot_tasks"] == ["stack the cube", "pick the cube"]  # ordered by task_index
+    for e, s in states.items():
+        np.testing.assert_array_equal(ds.episode(e)["state"], s)
+
+    main([str(tmp_path / "ours"), str(tmp_path / "lr2"), "--to", "lerobot"])
+    root = tmp_path / "lr2"
+    frames, episodes, table = exported_frame_tasks(root)
+    assert frames == [MT_TASKS[e] for e, n in enumerate(MT_LENGTHS) for _ in range(n)]  # each frame's task_index
+    assert episodes == [[t] for t in MT_TASKS]  # episodes metadata lists its task
+    assert sorted(table) == ["pick the cube", "stack the cube"]  # each task once
+    assert json.loads((root / "meta/info.json").read_text())["total_tasks"] == 2
+
+    main([str(root), str(tmp_path / "back"), "--from", "lerobot"])
+    back = EpisodeDataset(tmp_path / "back")
+    assert [m["task"] for m in back.episodes_meta] == list(MT_TASKS)
+    for e, s in states.items():
+        np.testing.assert_array_equal(back.episode(e)["state"], s)
+
+
+def test_lerobot_tasks_from_episode_records_and_task_text_override(tmp_path):
+    make_lerobot_v30_multitask(tmp_path / "lr", with_task_index=False)  # no per-frame task_index column
+    main([str(tmp_path / "lr"), str(tmp_path / "ours"), "--from", "lerobot"])
+    assert [m["task"] for m in EpisodeDataset(tmp_path / "ours").episodes_meta] == list(MT_TASKS)
+    main([str(tmp_path / "ours"), str(tmp_path / "one"), "--to", "lerobot", "--task-text", "assemble"])
+    frames, episodes, table = exported_frame_tasks(tmp_path / "one")
+    assert table == ["assemble"] and set(frames) == {"assemble"} and episodes == [["assemble"]] * 3
+
+
+def test_lerobot_unknown_task_index_names_the_tasks_file(tmp_path):
+    import pandas as pd
+
+    make_lerobot_v30_multitask(tmp_path / "lr")
+    pd.DataFrame({"task_index": [0]}, index=pd.Index(["stack the cube"], name="task")).to_parquet(
+        tmp_path / "lr/meta/tasks.parquet")
+    with pytest.raises(DatasetFormatError, match=r"episode 0 uses task_index \[1\]"):
+        main([str(tmp_path / "lr"), str(tmp_path / "ours"), "--from", "lerobot"])

@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--vcodec", default="libx264", help="ffmpeg encoder (libx264, libsvtav1, ...)")
     g.add_argument("--pix-fmt", default="yuv420p", help="video pixel format (yuv444p keeps full colour resolution)")
     g.add_argument("--crf", type=int, default=18, help="video quality (lower = better)")
-    g.add_argument("--task-text", help="LeRobot task description (default: the dataset's task)")
+    g.add_argument("--task-text", help="LeRobot task description for every episode (default: each episode's own "
+                   "task attribute, else the dataset's task)")
     g.add_argument("--robot-type", default="franka")
     return p
 

@@ -40,7 +40,7 @@ class LeRobotExportOptions:
     pix_fmt: str = "yuv420p"
     crf: int = 18
     gop: int = 2  # LeRobot uses short GOPs so random frame access stays cheap
-    task_text: str | None = None
+    task_text: str | None = None  # one task for every episode; None: each episode's own task, else the dataset's
     robot_type: str = "franka"
     cameras: dict[str, str] = field(default_factory=dict)  # our camera -> LeRobot camera name
     max_frames_per_file: int = 50_000
@@ -63,6 +63,15 @@ def export_lerobot(src: Path, dst: Path, opts: LeRobotExportOptions | None = Non
         raise
     log.info("wrote LeRobot %s dataset with %d episodes to %s", LEROBOT_VERSION, len(ds), dst)
     return len(ds)
+
+
+def episode_task(meta: dict[str, Any], task_text: str | None, dataset_task: str) -> str:
+    """The task an episode is exported under: an explicit --task-text for all, else the episode's own
+    `task` attribute (what import keeps per episode), else the dataset's task."""
+    if task_text:
+        return task_text
+    own = meta.get("task")
+    return own if isinstance(own, str) and own else dataset_task
 
 
 def _lowdim_feature(key: str, arr: Any) -> dict[str, Any]:
@@ -117,7 +126,8 @@ def _export_lerobot_into(ds: EpisodeDataset, root: Path, opts: LeRobotExportOpti
         log.warning("control_hz %.3f is not an integer; LeRobot stores fps=%d", hz, fps)
     features, key_map = _export_features(ds, opts, fps)
     video_keys = [k for k, f in features.items() if f["dtype"] == "video"]
-    task_text = opts.task_text or str(ds.attrs.get("task", "task"))
+    dataset_task = str(ds.attrs.get("task", "task"))
+    task_index: dict[str, int] = {}  # task text -> task_index, in order of first use
     stats = Stats()
 
     file_counter, frames_in_file, global_index = 0, 0, 0
@@ -145,13 +155,16 @@ def _export_lerobot_into(ds: EpisodeDataset, root: Path, opts: LeRobotExportOpti
         if frames_in_file and frames_in_file + n > opts.max_frames_per_file:
             flush()
             file_counter, frames_in_file = file_counter + 1, 0
-        rec = {"episode_index": ep_i, "tasks": [task_text], "length": n,
+        meta = dict(ds.episodes_meta[ep_i])
+        task = episode_task(meta, opts.task_text, dataset_task)
+        t_idx = task_index.setdefault(task, len(task_index))
+        rec = {"episode_index": ep_i, "tasks": [task], "length": n,
                "data/chunk_index": loc(file_counter)["chunk_index"], "data/file_index": loc(file_counter)["file_index"],
                "dataset_from_index": global_index, "dataset_to_index": global_index + n}
         columns = {"timestamp": (np.arange(n) / fps).astype(np.float32), "frame_index": np.arange(n, dtype=np.int64),
                    "episode_index": np.full(n, ep_i, dtype=np.int64),
                    "index": np.arange(global_index, global_index + n, dtype=np.int64),
-                   "task_index": np.zeros(n, dtype=np.int64)}
+                   "task_index": np.full(n, t_idx, dtype=np.int64)}
         for name, key in key_map.items():
             values = np.asarray(ep[key])
             if name in video_keys:
@@ -175,7 +188,6 @@ def _export_lerobot_into(ds: EpisodeDataset, root: Path, opts: LeRobotExportOpti
         for name, values in columns.items():
             rows.setdefault(name, []).append(arrow_column(pa, values))
             stats.add(name, values.reshape(n, 1).astype(np.float64))
-        meta = dict(ds.episodes_meta[ep_i])
         rec.update({"success": bool(ds.success[ep_i]), "source": str(meta.get("source", "")),
                     "seed": int(meta.get("seed", -1)), "pixel_dppo_meta": json.dumps(meta),
                     "meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0})
@@ -184,12 +196,12 @@ def _export_lerobot_into(ds: EpisodeDataset, root: Path, opts: LeRobotExportOpti
         global_index += n
     flush()
 
-    _write_lerobot_meta(root, ds, features, key_map, episode_rows, stats, task_text, fps, opts,
+    _write_lerobot_meta(root, ds, features, key_map, episode_rows, stats, list(task_index), fps, opts,
                         bool(video_keys), global_index)
 
 
 def _write_lerobot_meta(root: Path, ds: EpisodeDataset, features: dict, key_map: dict[str, str],
-                        episode_rows: list[dict[str, Any]], stats: Stats, task_text: str, fps: int,
+                        episode_rows: list[dict[str, Any]], stats: Stats, tasks: list[str], fps: int,
                         opts: LeRobotExportOptions, has_video: bool, total_frames: int) -> None:
     """info.json, stats.json, tasks.parquet, the episodes parquet and our own meta file."""
     import pandas as pd
@@ -199,15 +211,16 @@ def _write_lerobot_meta(root: Path, ds: EpisodeDataset, features: dict, key_map:
     (meta_dir / "episodes/chunk-000").mkdir(parents=True, exist_ok=True)
     info = {
         "codebase_version": LEROBOT_VERSION, "robot_type": opts.robot_type, "total_episodes": len(episode_rows),
-        "total_frames": total_frames, "total_tasks": 1, "chunks_size": LEROBOT_CHUNKS_SIZE,
+        "total_frames": total_frames, "total_tasks": len(tasks), "chunks_size": LEROBOT_CHUNKS_SIZE,
         "data_files_size_in_mb": 100, "video_files_size_in_mb": 200, "fps": fps,
         "splits": {"train": f"0:{len(episode_rows)}"}, "data_path": LEROBOT_DATA_PATH,
         "video_path": LEROBOT_VIDEO_PATH if has_video else None, "features": features,
     }
     (meta_dir / "info.json").write_text(json.dumps(info, indent=4))
     (meta_dir / "stats.json").write_text(json.dumps(shape_image_stats(stats.to_json(), features), indent=4))
-    # LeRobot reads tasks with pandas and looks tasks up by the index (the task string).
-    pd.DataFrame({"task_index": [0]}, index=pd.Index([task_text], name="task")).to_parquet(meta_dir / "tasks.parquet")
+    # LeRobot reads tasks with pandas and looks tasks up by the index (the task string); tasks[i] has task_index i.
+    pd.DataFrame({"task_index": list(range(len(tasks)))},
+                 index=pd.Index(tasks, name="task")).to_parquet(meta_dir / "tasks.parquet")
     columns = {k: [r.get(k) for r in episode_rows] for k in episode_rows[0]}
     table = pa.table({k: pa.array(v) for k, v in columns.items()})
     pq.write_table(table, root / LEROBOT_EPISODES_PATH.format(chunk_index=0, file_index=0))

@@ -139,8 +139,8 @@ def read_our_meta(path: Path) -> dict[str, Any] | None:
     return ours
 
 
-def read_tasks(root: Path) -> list[str]:
-    """Task strings ordered by task_index (frames refer to tasks by that index)."""
+def read_tasks(root: Path) -> dict[int, str]:
+    """{task_index: task text}: frames name their task by index, and indices need not start at 0."""
     if (root / "meta/tasks.parquet").is_file():
         path = root / "meta/tasks.parquet"
         table = read_parquet(path)
@@ -148,16 +148,16 @@ def read_tasks(root: Path) -> list[str]:
         if "task_index" not in table.column_names or col not in table.column_names:
             raise DatasetFormatError(f"{path}: needs a 'task_index' column and the task text (column or index "
                                      f"'task'), has {table.column_names}")
-        order = np.argsort(column_to_numpy(table["task_index"]))
-        return [table[col].to_pylist()[i] for i in order]
+        indices = column_to_numpy(table["task_index"]).astype(np.int64).tolist()
+        return dict(zip(indices, table[col].to_pylist()))
     if (root / "meta/tasks.jsonl").is_file():
         path = root / "meta/tasks.jsonl"
         rows = load_jsonl(path)
         for n, r in rows:
             if not isinstance(r.get("task"), str) or not isinstance(r.get("task_index"), int):
                 raise DatasetFormatError(f"{path}: line {n} needs 'task' (text) and 'task_index' (integer)")
-        return [r["task"] for _, r in sorted(rows, key=lambda nr: nr[1]["task_index"])]
-    return []
+        return {r["task_index"]: r["task"] for _, r in rows}
+    return {}
 
 
 def read_episode_records(root: Path) -> dict[int, dict[str, Any]]:

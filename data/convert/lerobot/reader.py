@@ -44,7 +44,9 @@ class _LeRobotPlan:
     action_layout: dict[str, slice] | None
     records: dict[int, dict[str, Any]]
     ours: dict[str, Any] | None
-    tasks: list[str] = field(default_factory=list)
+    tasks: dict[int, str] = field(default_factory=dict)  # task_index -> text
+    default_task: str = ""  # the dataset's task, for episodes that name none
+    notes: list[str] = field(default_factory=list)  # the Source's notes (episodes may add to them)
 
 
 def _plan_lerobot(root: Path, cameras: Mapping[str, str] | None, state_layout: str | None,
@@ -109,7 +111,7 @@ def read_lerobot(root: Path, *, cameras: Mapping[str, str] | None = None, state_
     feats = plan.info["features"]
     s_dim = int(feats["observation.state"]["shape"][0])
     joints = (s_dim == 17) if plan.state_layout is None else bool(include_joints)
-    tasks = plan.tasks
+    tasks = [plan.tasks[i] for i in sorted(plan.tasks)]
     ours_attrs = dict(plan.ours["attrs"]) if plan.ours else {}
     notes = ["images decoded from mp4 (lossy)"] if plan.video_keys else []
     if plan.state_layout is not None or plan.action_layout is not None:
@@ -121,7 +123,9 @@ def read_lerobot(root: Path, *, cameras: Mapping[str, str] | None = None, state_
     if ours_attrs.get("source_format"):
         extra["original_source_format"] = ours_attrs["source_format"]
     cam_sources = {plan.key_map[k][len(RGB_PREFIX):]: k for k in plan.video_keys + plan.image_keys}
-    src = Source(task=task or ours_attrs.get("task") or (tasks[0] if tasks else root.name),
+    plan.default_task = task or ours_attrs.get("task") or (tasks[0] if tasks else root.name)
+    plan.notes = notes
+    src = Source(task=plan.default_task,
                  control_hz=float(plan.info["fps"]), source_format="lerobot", camera_sources=cam_sources,
                  episodes=_lerobot_episodes(plan, joints, gripper_open_width), notes=notes,
                  extra_attrs={"frame": ours_attrs.get("frame", "unknown"), "lerobot_tasks": tasks,
@@ -218,9 +222,33 @@ def _lerobot_episode(plan: _LeRobotPlan, table, ep: int, cursors: dict[str, Vide
     if meta.get("source"):
         carried["original_source"] = meta["source"]
     carried["lerobot_origin" if "origin" in carried else "origin"] = here
-    if len(plan.tasks) > 1 and "task_index" in table.column_names:  # multi-task: keep each episode's task
-        carried["task"] = plan.tasks[int(column_to_numpy(table["task_index"])[0])]
+    ep_tasks = _episode_tasks(plan, table, ep)
+    carried["task"] = ep_tasks[0]  # every episode keeps its own task (export writes it back per episode)
+    if len(ep_tasks) > 1:
+        carried["tasks"] = ep_tasks
+        note = "episodes with several tasks keep them as a list; which frame had which task is not kept"
+        if note not in plan.notes:
+            log.warning("%s: episode %d has tasks %s: %s", plan.root, ep, ep_tasks, note)
+            plan.notes.append(note)
     for k, v in frames.items():
         if len(v) != n:
             raise DatasetError(f"{plan.root}: episode {ep} has {len(v)} values of {k} for {n} frames")
     return Episode(frames=frames, success=success, seed=int(meta.get("seed", -1)), meta=carried)
+
+
+def _episode_tasks(plan: _LeRobotPlan, table: Any, ep: int) -> list[str]:
+    """The episode's task texts in order of first use: from its frames' task_index (what LeRobot itself
+    reads), else its metadata record's `tasks`, else the dataset's task."""
+    if "task_index" in table.column_names and plan.tasks:
+        used = list(dict.fromkeys(column_to_numpy(table["task_index"]).astype(np.int64).tolist()))
+        unknown = [i for i in used if i not in plan.tasks]
+        if unknown:
+            raise DatasetFormatError(f"{plan.root}/meta: episode {ep} uses task_index {unknown}, which the tasks "
+                                     f"file does not define (it has {sorted(plan.tasks)})")
+        return [plan.tasks[i] for i in used]
+    listed = plan.records.get(ep, {}).get("tasks")
+    if isinstance(listed, str):
+        listed = [listed]
+    if isinstance(listed, list) and listed and all(isinstance(t, str) for t in listed):
+        return list(listed)
+    return [plan.default_task]
