@@ -1,7 +1,9 @@
-"""Backend registry: one place that turns Hydra config into environments.
+"""Backend registry: one place that turns config into vector environments.
 
-`sim.backend` selects the simulator; every backend produces the same observation/action
-schema (data.schema), so policies, tools and tests never branch on the backend.
+`sim.backend` selects the simulator; every backend builds a *vector* env (`sim.api.VectorEnv`:
+N envs stepped by action chunks in one call, the level at which a GPU backend steps all its
+worlds) with the same observation/action schema (data.schema), so policies, tools and tests
+never branch on the backend.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from typing import Any, Callable, Mapping
 
 import gymnasium as gym
 
+from sim.api import VectorEnv
 from sim.assets import MissingDependencyError
 from sim.config import EnvConfig, from_mapping
 
@@ -20,22 +23,34 @@ def _require(package: str, pip_name: str, why: str) -> None:
         raise MissingDependencyError(f"sim.backend needs package '{pip_name}' ({why}), which is not installed")
 
 
-def _make_mujoco(cfg: EnvConfig) -> gym.Env:
+def _one_leg_env(cfg: EnvConfig) -> gym.Env:
     from sim.backends.mujoco_one_leg import OneLegMujocoEnv
 
     return OneLegMujocoEnv(cfg)
 
 
-def _make_mujoco_warp(cfg: EnvConfig) -> gym.Env:
-    _require("mujoco_warp", "mujoco-warp==3.11.0", "GPU-parallel MuJoCo; pip install -e .[gpu]")
-    _require("warp", "warp-lang>=1.14", "NVIDIA Warp runtime for mujoco-warp")
+def _vector_mujoco(cfg: EnvConfig, n_envs: int, n_workers: int | None, obs_history: int,
+                   wrap: Callable[[int, gym.Env], gym.Env] | None) -> VectorEnv:
+    from sim.vector_env import make_vector_env
+
+    fns = [partial(_one_leg_env, cfg) for _ in range(n_envs)]
+    if wrap is not None:
+        fns = [partial(_wrapped, fn, wrap, i) for i, fn in enumerate(fns)]
+    return make_vector_env(fns, n_workers, obs_history=obs_history)
+
+
+def _vector_mujoco_warp(cfg: EnvConfig, n_envs: int, n_workers: int | None, obs_history: int,
+                        wrap: Callable[[int, gym.Env], gym.Env] | None) -> VectorEnv:
+    _require("mujoco_warp", "mujoco-warp==4.0.0", "GPU-parallel MuJoCo; pip install -e .[gpu]")
+    _require("warp", "warp-lang", "NVIDIA Warp runtime for mujoco-warp")
     raise NotImplementedError(
-        "sim.backend=mujoco_warp is reserved for the GPU-parallel backend (batched worlds on one GPU); "
-        "it is not implemented yet. Use sim.backend=mujoco."
+        "sim.backend=mujoco_warp is reserved for the GPU-parallel backend (batched worlds on one GPU, the "
+        "VectorEnv protocol of sim.api with torch tensors); it is not implemented yet. Use sim.backend=mujoco."
     )
 
 
-def _make_isaacgym(cfg: EnvConfig) -> gym.Env:
+def _vector_isaacgym(cfg: EnvConfig, n_envs: int, n_workers: int | None, obs_history: int,
+                     wrap: Callable[[int, gym.Env], gym.Env] | None) -> VectorEnv:
     _require("isaacgym", "isaacgym (IsaacGym Preview 4, NVIDIA; Python <= 3.8, not on PyPI)",
              "furniture-bench's FurnitureSim")
     _require("furniture_bench", "furniture-bench", "FurnitureRLSimEnv")
@@ -44,11 +59,25 @@ def _make_isaacgym(cfg: EnvConfig) -> gym.Env:
     )
 
 
-BACKENDS: dict[str, Callable[[EnvConfig], gym.Env]] = {
-    "mujoco": _make_mujoco,
-    "mujoco_warp": _make_mujoco_warp,
-    "isaacgym": _make_isaacgym,
+VectorFactory = Callable[[EnvConfig, int, "int | None", int, "Callable[[int, gym.Env], gym.Env] | None"], VectorEnv]
+BACKENDS: dict[str, VectorFactory] = {
+    "mujoco": _vector_mujoco,
+    "mujoco_warp": _vector_mujoco_warp,
+    "isaacgym": _vector_isaacgym,
 }
+
+
+def make(cfg: EnvConfig, n_envs: int, *, backend: str = "mujoco", n_workers: int | None = None,
+         obs_history: int = 1, wrap: Callable[[int, gym.Env], gym.Env] | None = None) -> VectorEnv:
+    """The vector env of `backend` for `cfg`: N envs stepped by chunks, histories of
+    `obs_history` observations (see sim.api.VectorEnv). `wrap(i, env)` decorates env i of a
+    CPU backend inside its worker (e.g. video recording); `n_workers` is the CPU backend's
+    process count (0: all envs in this process, None: one per core)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown sim.backend '{backend}'; available: {sorted(BACKENDS)}")
+    if n_envs < 1:
+        raise ValueError(f"n_envs must be >= 1, got {n_envs}")
+    return BACKENDS[backend](cfg, int(n_envs), n_workers, int(obs_history), wrap)
 
 
 def env_config_from_hydra(cfg: Mapping[str, Any]) -> EnvConfig:
@@ -71,7 +100,7 @@ def env_config_from_hydra(cfg: Mapping[str, Any]) -> EnvConfig:
         "obs_mode": obs["mode"],
     }
     for key in ("include_joints", "include_parts", "max_pos_step", "workspace_low", "workspace_high",
-                "gripper_max_width"):
+                "gripper_max_width", "max_joint_velocity"):
         data[key] = env[key]
     return from_mapping(EnvConfig, _plain(data))
 
@@ -93,33 +122,22 @@ def _plain(x):
 
 
 def make_env(backend: str, cfg: EnvConfig) -> gym.Env:
+    """One gymnasium env (teleoperation, tests, debugging); only the CPU backend has single envs."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown sim.backend '{backend}'; available: {sorted(BACKENDS)}")
-    return BACKENDS[backend](cfg)
+    if backend != "mujoco":
+        BACKENDS[backend](cfg, 1, 0, 1, None)  # names what is missing
+        raise ValueError(f"sim.backend={backend} is batched only; use sim.make(...)")  # pragma: no cover
+    return _one_leg_env(cfg)
 
 
-def env_fns(backend: str, cfg: EnvConfig, n_envs: int) -> list[Callable[[], gym.Env]]:
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown sim.backend '{backend}'; available: {sorted(BACKENDS)}")
-    return [partial(make_env, backend, cfg) for _ in range(n_envs)]
-
-
-def make_vector_env_from_hydra(cfg: Mapping[str, Any], n_envs: int | None = None, n_workers: int | None = None,
-                               wrap: Callable[[int, gym.Env], gym.Env] | None = None):
-    """Vector env for a Hydra config. `wrap(i, env)` can decorate env i inside its worker."""
-    from sim.vector_env import make_vector_env
-
-    env_cfg = env_config_from_hydra(cfg)
-    backend = cfg["sim"]["backend"]
+def make_from_hydra(cfg: Mapping[str, Any], n_envs: int | None = None, n_workers: int | None = None,
+                    obs_history: int = 1, wrap: Callable[[int, gym.Env], gym.Env] | None = None) -> VectorEnv:
+    """`make` for a Hydra config with task/sim/env/obs groups (env.n_envs, env.n_workers by default)."""
     n_envs = int(n_envs if n_envs is not None else cfg["env"]["n_envs"])
     n_workers = int(n_workers if n_workers is not None else cfg["env"]["n_workers"])
-    fns = env_fns(backend, env_cfg, n_envs)
-    if wrap is not None:
-        fns = [partial(_wrapped, fn, wrap, i) for i, fn in enumerate(fns)]
-    # fail early, in this process, with a clear message if the backend cannot be built
-    if backend != "mujoco":
-        make_env(backend, env_cfg)
-    return make_vector_env(fns, n_workers)
+    return make(env_config_from_hydra(cfg), n_envs, backend=str(cfg["sim"]["backend"]), n_workers=n_workers,
+                obs_history=obs_history, wrap=wrap)
 
 
 def _wrapped(fn, wrap, i):

@@ -1,23 +1,32 @@
-"""Vector environments: N gymnasium envs stepped in lockstep, in-process or in worker processes.
+"""CPU vector environments: N gymnasium envs stepped by action chunks, in-process or in workers.
+
+This is the `mujoco` backend's implementation of the vector-env protocol (`sim.vector.VectorEnv`);
+a GPU backend implements the same protocol over batched worlds.
 
 Why not gymnasium.vector.AsyncVectorEnv: it runs one process per env, while a MuJoCo env here
-steps in a few ms but takes ~1.5 s and an EGL context to build, so we pack a contiguous slice
-of envs into each of W workers. Observations (images included) and the last observation of a
-finished episode are written by the workers straight into `multiprocessing.shared_memory`
-arrays of shape (N, ...); actions travel the other way through a shared (N, act_dim) float32
-array. Pipes only carry commands and small per-env results (reward, flags, info dicts).
+steps in a few ms but takes ~1 s and an EGL context to build, so we pack a contiguous slice
+of envs into each of W workers. A whole action chunk travels to the workers in one message and
+each worker runs `sim.chunk.execute_chunk` over its slice: one round trip per chunk instead of
+one per action. The observation histories (N, To, ...) and the finished episodes' histories
+live in `multiprocessing.shared_memory`, written by the workers in place; pipes carry only
+commands, actions and (N,) arrays of rewards, flags and infos.
 
 Semantics shared by `SyncVectorEnv` and `SharedMemoryVectorEnv` (one implementation,
 `_EnvRunner`, runs in-process for the former and inside every worker for the latter):
 
-* `reset(seed)` resets env i with `seed + i`; later auto-resets call `env.reset(seed=None)`,
-  continuing each env's own RNG, so a run depends on the seed only, not on the worker count.
-* Same-step auto-reset: when env i terminates or truncates, the returned obs[i] already is the
-  first obs of its next episode; `infos["final_obs"]` holds the last obs of the finished
-  episode (for bootstrapping truncated episodes) and `infos["final_info"][i]` its last info.
-* Per-env info values that are numbers/bools are stacked into (N,) arrays under their key.
-  For an env that was just auto-reset, that per-env info is the *reset* info of the new episode
-  (so e.g. `infos["steps"][i] == 0`); read the finished episode's info from `final_info[i]`.
+* `reset(seed=s)` resets env i with `s + i`, `reset(seeds=[...])` with explicit per-env seeds;
+  auto-resets use `reset_seeds[i]` passed to `step` when >= 0, else continue each env's own
+  RNG, so a run depends on the seeds only, not on the worker count.
+* Same-step auto-reset: when env i's episode ends inside a chunk, it executes no further
+  actions of that chunk; the returned history already is its next episode's (first obs
+  repeated), and `infos["final_obs"]` holds the finished episode's history.
+* Infos are (N,) arrays. Per env they describe the last sub-step it executed, so for a
+  finished env its final step: `success`, `milestones/<name>`, `diverged`, `episode_return`,
+  `episode_length`, `episode_seed` (the episode the step belonged to), plus
+  `next_episode_seed` (the episode the returned observation belongs to) and `executed`.
+  Nested info dicts are flattened with '/'; non-numeric info values are not carried.
+* A simulation that blows up (the env raises FloatingPointError, e.g. NaN state) ends that
+  env's episode as truncated with `diverged=True` and a log line; the other envs go on.
 """
 from __future__ import annotations
 
@@ -38,16 +47,19 @@ import cloudpickle
 import gymnasium as gym
 import numpy as np
 
+from data.history import ObsHistory
+from sim.chunk import ChunkStep, StepOut, execute_chunk
+
 log = logging.getLogger(__name__)
 
 EnvFn = Callable[[], gym.Env]
 ObsDict = dict[str, np.ndarray]
-ArrayKey = tuple[str, str]  # ("obs" | "final_obs" | "actions", observation key or "")
-
-_MISSING = object()
-
+ArrayKey = tuple[str, str]  # ("history" | "final", observation key)
 
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+# infos every env reports, whatever its own info dict holds
+STANDARD_INFOS = {"success": False, "diverged": False, "episode_return": 0.0, "episode_length": 0,
+                  "episode_seed": -1, "next_episode_seed": -1}
 
 
 @contextmanager
@@ -72,18 +84,6 @@ class VectorEnvError(RuntimeError):
     def __init__(self, message: str, env_index: int | None = None):
         super().__init__(message)
         self.env_index = env_index
-
-
-class _StepResult(NamedTuple):
-    """What one env's step sends back to the parent (small: no observations)."""
-
-    reward: float
-    terminated: bool
-    truncated: bool
-    info: dict[str, Any]  # the reset info of the new episode when the env was auto-reset
-    final_info: dict[str, Any] | None  # the finished episode's last step info, else None
-    episode_return: float  # valid when terminated or truncated
-    episode_length: int
 
 
 # --- helpers shared by both vector envs and the workers --------------------------------------
@@ -137,13 +137,6 @@ def _check_spaces(obs_space: gym.Space, act_space: gym.Space) -> None:
         raise TypeError(f"vector envs need a Box action space, got {act_space}")
 
 
-def _write_obs(buffers: ObsDict, row: int, obs: Mapping[str, np.ndarray]) -> None:
-    if obs.keys() != buffers.keys():
-        raise KeyError(f"observation keys {sorted(obs)} do not match the observation space {sorted(buffers)}")
-    for key, buf in buffers.items():
-        buf[row] = obs[key]
-
-
 def _split(n_envs: int, n_workers: int) -> list[tuple[int, int]]:
     """Contiguous [start, stop) env slices, sizes differing by at most one."""
     sizes = [n_envs // n_workers + (w < n_envs % n_workers) for w in range(n_workers)]
@@ -151,77 +144,171 @@ def _split(n_envs: int, n_workers: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def _concat(per_worker: list[list[Any]]) -> list[Any]:
-    """Per-worker reply lists -> one list in env order (workers own contiguous slices)."""
-    return [item for reply in per_worker for item in reply]
+def flatten_info(info: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'milestones': {'a': True}, 'steps': 3, 'label': 'x'} -> {'milestones/a': True, 'steps': 3}:
+    numbers and bools only (the values that stack into arrays)."""
+    out: dict[str, Any] = {}
+    for key, value in info.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten_info(value, prefix=f"{name}/"))
+        elif isinstance(value, (bool, np.bool_, numbers.Number)) and not isinstance(value, complex):
+            out[name] = value
+        elif isinstance(value, np.ndarray) and value.ndim == 0:
+            out[name] = value.item()
+    return out
 
 
-def _stack_values(values: list[Any]) -> np.ndarray | list[Any]:
-    """(N,) array for bool/int/float values (missing: False/0/NaN); a plain list for anything else."""
-    present = [v for v in values if v is not _MISSING]
-    if all(isinstance(v, (bool, np.bool_)) for v in present):
-        dtype, fill = np.bool_, False
-    elif all(isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_)) for v in present):
-        dtype, fill = np.int64, 0
-    elif all(isinstance(v, numbers.Real) for v in present):
-        dtype, fill = np.float64, np.nan
-    else:
-        return [None if v is _MISSING else v for v in values]
-    return np.array([fill if v is _MISSING else v for v in values], dtype=dtype)
+def _dtype_of(value: Any) -> np.dtype:
+    if isinstance(value, (bool, np.bool_)):
+        return np.dtype(bool)
+    if isinstance(value, numbers.Integral):
+        return np.dtype(np.int64)
+    return np.dtype(np.float64)
 
 
-def _stack_infos(infos: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Per-env info dicts -> one dict of (N,) arrays (keys in first-seen order)."""
-    keys = list(dict.fromkeys(k for info in infos for k in info))
-    return {k: _stack_values([info.get(k, _MISSING) for info in infos]) for k in keys}
+def _fill_of(dtype: np.dtype) -> Any:
+    return False if dtype == bool else 0 if dtype.kind == "i" else np.nan
+
+
+def _concat_infos(parts: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Per-worker info arrays -> (N,) arrays in env order (workers own contiguous slices)."""
+    keys = list(dict.fromkeys(k for p in parts for k in p))
+    out = {}
+    for k in keys:
+        arrays = [p[k] for p in parts if k in p]
+        if len(arrays) == len(parts):
+            out[k] = np.concatenate(arrays)
+        else:  # a key only some workers saw (their envs never reported it): fill the rest
+            dtype = arrays[0].dtype
+            out[k] = np.concatenate([p[k] if k in p else np.full(len(next(iter(p.values()))), _fill_of(dtype), dtype)
+                                     for p in parts])
+    return out
+
+
+class _StepReply(NamedTuple):
+    """What a worker sends back for one chunk (small: no observations)."""
+
+    reward: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+    infos: dict[str, np.ndarray]
 
 
 # --- the episode logic: runs in-process (SyncVectorEnv) or in each worker --------------------
 class _EnvRunner:
-    """Steps a contiguous slice of envs with same-step auto-reset, writing obs into given arrays.
+    """Steps a contiguous slice of envs with same-step auto-reset (a `sim.chunk.MaskedStepper`),
+    keeping their observation histories in the given (n_local, To, ...) arrays."""
 
-    `obs_buf` / `final_obs_buf` map observation keys to (n_local, ...) arrays: plain numpy
-    arrays for SyncVectorEnv, row slices of shared memory inside a worker.
-    """
-
-    def __init__(self, envs: list[gym.Env], start: int, obs_buf: ObsDict, final_obs_buf: ObsDict,
+    def __init__(self, envs: list[gym.Env], start: int, history: ObsDict, final_history: ObsDict,
                  action_shape: tuple[int, ...]):
         self.envs, self.start = envs, start
-        self.obs_buf, self.final_obs_buf = obs_buf, final_obs_buf
+        self.num_envs = len(envs)
+        keys = list(history)
+        self.history = ObsHistory(next(iter(history.values())).shape[1], keys, buffers=history)
+        self.final_history = ObsHistory(self.history.n, keys, buffers=final_history)
         self.action_shape = action_shape
         self.returns = np.zeros(len(envs), dtype=np.float64)
         self.lengths = np.zeros(len(envs), dtype=np.int64)
+        self.seeds = np.full(len(envs), -1, dtype=np.int64)
+        self.last_obs: list[dict[str, np.ndarray] | None] = [None] * len(envs)
+        self.info_keys: dict[str, np.dtype] = {k: _dtype_of(v) for k, v in STANDARD_INFOS.items()}
 
-    def reset(self, seed: int | None, options: dict | None) -> list[dict[str, Any]]:
-        infos = []
+    # -- reset ---------------------------------------------------------------------------
+    def reset(self, seeds: Sequence[int | None], options: dict | None) -> dict[str, np.ndarray]:
+        obs_rows, infos = [], []
         for j, env in enumerate(self.envs):
             with _blame(self.start + j):
-                obs, info = env.reset(seed=None if seed is None else seed + self.start + j, options=options)
-                _write_obs(self.obs_buf, j, obs)
-            infos.append(info)
+                obs, info = env.reset(seed=seeds[j], options=options)
+                self._check_obs(obs)
+            self.seeds[j] = self._episode_seed(info, seeds[j])
+            self.last_obs[j] = obs
+            obs_rows.append(obs)
+            infos.append({**flatten_info(info), "episode_seed": int(self.seeds[j]),
+                          "next_episode_seed": int(self.seeds[j])})
+        self.history.reset({k: np.stack([o[k] for o in obs_rows]) for k in self.history.keys})
         self.returns[:] = 0.0
         self.lengths[:] = 0
-        return infos
+        return self._stack(infos, np.ones(self.num_envs, dtype=bool))
 
-    def step(self, actions: np.ndarray) -> list[_StepResult]:
-        """`actions`: (n_local, act_dim) float32 rows for this slice."""
-        return [self._step_one(j, actions[j]) for j in range(len(self.envs))]
+    @staticmethod
+    def _episode_seed(info: Mapping[str, Any], seed: int | None) -> int:
+        value = info.get("episode_seed", seed)
+        return -1 if value is None else int(value)
 
-    def _step_one(self, j: int, action: np.ndarray) -> _StepResult:
+    def _check_obs(self, obs: Mapping[str, np.ndarray]) -> None:
+        if obs.keys() != set(self.history.keys):
+            raise KeyError(f"observation keys {sorted(obs)} do not match the observation space "
+                           f"{sorted(self.history.keys)}")
+
+    # -- the masked sub-step (sim.chunk.MaskedStepper) -------------------------------------
+    def step_masked(self, actions: np.ndarray, active: np.ndarray, reset_seeds: np.ndarray) -> StepOut:
+        n = self.num_envs
+        reward = np.zeros(n, dtype=np.float32)
+        terminated = np.zeros(n, dtype=bool)
+        truncated = np.zeros(n, dtype=bool)
+        obs_rows: list[Mapping[str, np.ndarray]] = list(self.last_obs)
+        final_rows: list[Mapping[str, np.ndarray]] = list(self.last_obs)
+        infos: list[dict[str, Any]] = [{} for _ in range(n)]
+        for j in np.flatnonzero(active):
+            obs, r, term, trunc, info = self._step_one(j, actions[j])
+            reward[j], terminated[j], truncated[j] = r, term, trunc
+            info = {**info, "episode_seed": int(self.seeds[j])}
+            if term or trunc:
+                final_rows[j] = obs
+                info["episode_return"], info["episode_length"] = float(self.returns[j]), int(self.lengths[j])
+                seed = int(reset_seeds[j])
+                with _blame(self.start + j):
+                    obs, reset_info = self.envs[j].reset(seed=seed if seed >= 0 else None)
+                self.seeds[j] = self._episode_seed(reset_info, seed if seed >= 0 else None)
+                self.returns[j], self.lengths[j] = 0.0, 0
+            info["next_episode_seed"] = int(self.seeds[j])
+            obs_rows[j] = self.last_obs[j] = obs
+            infos[j] = info
+        stack = {k: np.stack([o[k] for o in obs_rows]) for k in self.history.keys}
+        final = {k: np.stack([o[k] for o in final_rows]) for k in self.history.keys}
+        return StepOut(stack, reward, terminated, truncated, final, self._stack(infos, active))
+
+    def _step_one(self, j: int, action: np.ndarray) -> tuple[Mapping[str, np.ndarray], float, bool, bool, dict]:
         env = self.envs[j]
         with _blame(self.start + j):
-            # a copy: the env may keep the action, and the row is overwritten next step
-            obs, reward, terminated, truncated, info = env.step(action.reshape(self.action_shape).copy())
-            self.returns[j] += reward
-            self.lengths[j] += 1
-            final_info, ep_return, ep_length = None, float(self.returns[j]), int(self.lengths[j])
-            if terminated or truncated:
-                _write_obs(self.final_obs_buf, j, obs)
-                final_info = info
-                self.returns[j], self.lengths[j] = 0.0, 0
-                obs, info = env.reset(seed=None)  # continue this env's own RNG
-            _write_obs(self.obs_buf, j, obs)
-        return _StepResult(float(reward), bool(terminated), bool(truncated), info, final_info, ep_return, ep_length)
+            try:
+                # a copy: the env may keep the action
+                obs, reward, terminated, truncated, info = env.step(action.reshape(self.action_shape).copy())
+            except FloatingPointError as exc:
+                log.warning("env %d diverged at step %d of episode (seed %d): %s; truncating the episode",
+                            self.start + j, self.lengths[j] + 1, self.seeds[j], exc)
+                self.lengths[j] += 1
+                # the last finite observation stands in as the final one
+                return self.last_obs[j], 0.0, False, True, {"diverged": True}
+            self._check_obs(obs)
+        self.returns[j] += reward
+        self.lengths[j] += 1
+        return obs, float(reward), bool(terminated), bool(truncated), flatten_info(info)
+
+    def _stack(self, infos: Sequence[Mapping[str, Any]], rows: np.ndarray) -> dict[str, np.ndarray]:
+        """Per-env info dicts -> (n_local,) arrays; rows not in `rows` (not stepped) hold defaults."""
+        for info in infos:
+            for k, v in info.items():
+                if k not in self.info_keys:
+                    self.info_keys[k] = _dtype_of(v)
+        out = {}
+        for k, dtype in self.info_keys.items():
+            default = STANDARD_INFOS.get(k, _fill_of(dtype))
+            out[k] = np.array([info.get(k, default) if rows[j] else default for j, info in enumerate(infos)],
+                              dtype=dtype)
+        return out
+
+    # -- chunks ------------------------------------------------------------------------------
+    def step_chunk(self, chunk: np.ndarray, active: np.ndarray, reset_seeds: np.ndarray) -> _StepReply:
+        reward, terminated, truncated, infos = execute_chunk(self, self.history, self.final_history, chunk,
+                                                             active, reset_seeds)
+        for k, dtype in self.info_keys.items():  # keys of envs that did not step this chunk
+            if k not in infos:
+                infos[k] = np.full(self.num_envs, STANDARD_INFOS.get(k, _fill_of(dtype)), dtype=dtype)
+        idle = infos["executed"] == 0
+        infos["episode_seed"][idle] = infos["next_episode_seed"][idle] = self.seeds[idle]
+        return _StepReply(reward, terminated, truncated, infos)
 
     def call(self, name: str, args: tuple, kwargs: dict) -> list[Any]:
         out = []
@@ -238,33 +325,35 @@ class _EnvRunner:
 
 # --- the common front end ---------------------------------------------------------------------
 class _VectorEnvBase:
-    """Action checking, result assembly and the public API; subclasses move the data around."""
+    """Argument checking, result assembly and the public API; subclasses move the data around."""
 
-    def __init__(self, num_envs: int, obs_space: gym.spaces.Dict, act_space: gym.spaces.Box, metadata: dict):
+    def __init__(self, num_envs: int, obs_space: gym.spaces.Dict, act_space: gym.spaces.Box, metadata: dict,
+                 obs_history: int):
+        if obs_history < 1:
+            raise ValueError(f"obs_history must be >= 1, got {obs_history}")
         self.num_envs = num_envs
+        self.obs_history = int(obs_history)
+        self.device = "cpu"  # observations and actions are numpy arrays
         self.single_observation_space = obs_space
         self.single_action_space = act_space
-        self.observation_space = gym.vector.utils.batch_space(obs_space, num_envs)
-        self.action_space = gym.vector.utils.batch_space(act_space, num_envs)
         self.metadata = {**metadata, "autoreset_mode": "same_step"}
         self._act_dim = int(np.prod(act_space.shape))
-        self._obs_buf = self._allocate("obs")
-        self._final_obs_buf = self._allocate("final_obs")
-        self._act_buf = self._make_array(("actions", ""), (num_envs, self._act_dim), np.dtype(np.float32))
+        self._history = self._allocate("history")
+        self._final_history = self._allocate("final")
         self._needs_reset = True
 
     def _allocate(self, group: str) -> ObsDict:
-        return {k: self._make_array((group, k), (self.num_envs, *s.shape), np.dtype(s.dtype))
+        return {k: self._make_array((group, k), (self.num_envs, self.obs_history, *s.shape), np.dtype(s.dtype))
                 for k, s in self.single_observation_space.spaces.items()}
 
     # subclass hooks
     def _make_array(self, key: ArrayKey, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         raise NotImplementedError
 
-    def _reset_envs(self, seed: int | None, options: dict | None) -> list[dict[str, Any]]:
+    def _reset_envs(self, seeds: list[int | None], options: dict | None) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
-    def _step_envs(self) -> list[_StepResult]:
+    def _step_envs(self, chunk: np.ndarray, active: np.ndarray, reset_seeds: np.ndarray) -> _StepReply:
         raise NotImplementedError
 
     def _call_envs(self, name: str, args: tuple, kwargs: dict) -> list[Any]:
@@ -278,26 +367,44 @@ class _VectorEnvBase:
         raise NotImplementedError
 
     # public API
-    def reset(self, seed: int | None = None, options: dict | None = None) -> tuple[ObsDict, dict[str, Any]]:
-        """Reset every env (env i with `seed + i`); returns copies of the obs and stacked infos."""
+    def reset(self, seed: int | None = None, options: dict | None = None,
+              seeds: Sequence[int] | None = None) -> tuple[ObsDict, dict[str, Any]]:
+        """Reset every env: env i with `seed + i`, or with `seeds[i]`; returns copies of the
+        (N, To, ...) histories (the first obs repeated) and the infos."""
         self._check_open()
+        if seeds is not None:
+            if len(seeds) != self.num_envs:
+                raise ValueError(f"need {self.num_envs} seeds, got {len(seeds)}")
+            per_env: list[int | None] = [int(s) for s in seeds]
+        else:
+            per_env = [None if seed is None else int(seed) + i for i in range(self.num_envs)]
         self._needs_reset = True
-        infos = self._reset_envs(seed, options)
+        infos = self._reset_envs(per_env, options)
         self._needs_reset = False
-        return self._copy(self._obs_buf), _stack_infos(infos)
+        return self._copy(self._history), infos
 
-    def step(self, actions: np.ndarray) -> tuple[ObsDict, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-        """Step every env with actions[i]; done envs are reset in the same call (see module doc)."""
+    def step(self, actions: np.ndarray, active: np.ndarray | None = None,
+             reset_seeds: np.ndarray | None = None) -> ChunkStep:
+        """Execute a chunk (N, Ta, A) (or one action per env, (N, A)) on the envs where `active`.
+
+        Returns a `ChunkStep` (obs histories, summed rewards, terminated, truncated, infos); see
+        the module doc. `reset_seeds[i] >= 0` is the seed env i's next episode uses if its
+        episode ends inside this chunk."""
         self._check_open()
         if self._needs_reset:
             raise RuntimeError("call reset() before step() (after an env error the envs are out of sync)")
-        self._act_buf[:] = self._check_actions(actions)
+        chunk = self._check_actions(actions)
+        active = np.ones(self.num_envs, bool) if active is None else np.asarray(active, dtype=bool).reshape(-1)
+        reset_seeds = np.full(self.num_envs, -1, np.int64) if reset_seeds is None \
+            else np.asarray(reset_seeds, dtype=np.int64).reshape(-1)
+        if active.shape != (self.num_envs,) or reset_seeds.shape != (self.num_envs,):
+            raise ValueError(f"active and reset_seeds need shape ({self.num_envs},)")
         try:
-            results = self._step_envs()
+            reply = self._step_envs(chunk, active, reset_seeds)
         except VectorEnvError:
             self._needs_reset = True
             raise
-        return self._assemble(results)
+        return self._assemble(reply)
 
     def call(self, name: str, *args: Any, **kwargs: Any) -> list[Any]:
         """Call method `name` (or read attribute `name`) on every env; results in env order.
@@ -320,62 +427,57 @@ class _VectorEnvBase:
 
     def _check_actions(self, actions: np.ndarray) -> np.ndarray:
         actions = np.asarray(actions, dtype=np.float32)
-        expected = (self.num_envs, *self.single_action_space.shape)
-        if actions.shape not in (expected, (self.num_envs, self._act_dim)):
-            raise ValueError(f"actions must have shape {expected}, got {actions.shape}")
-        return actions.reshape(self.num_envs, self._act_dim)
+        single = tuple(self.single_action_space.shape)
+        if actions.shape in ((self.num_envs, *single), (self.num_envs, self._act_dim)):
+            actions = actions.reshape(self.num_envs, 1, self._act_dim)
+        if actions.ndim != 3 or actions.shape[0] != self.num_envs or actions.shape[2] != self._act_dim \
+                or actions.shape[1] < 1:
+            raise ValueError(f"actions must have shape ({self.num_envs}, {self._act_dim}) or "
+                             f"({self.num_envs}, Ta, {self._act_dim}), got {actions.shape}")
+        return actions
 
     @staticmethod
     def _copy(buffers: ObsDict) -> ObsDict:
         return {k: v.copy() for k, v in buffers.items()}
 
-    def _assemble(self, results: list[_StepResult]) -> tuple[ObsDict, np.ndarray, np.ndarray, np.ndarray,
-                                                             dict[str, Any]]:
-        rewards = np.array([r.reward for r in results], dtype=np.float32)
-        terminated = np.array([r.terminated for r in results], dtype=bool)
-        truncated = np.array([r.truncated for r in results], dtype=bool)
-        done = terminated | truncated
+    def _assemble(self, reply: _StepReply) -> ChunkStep:
+        done = reply.terminated | reply.truncated
         final_obs = {}
-        for key, buf in self._final_obs_buf.items():
+        for key, buf in self._final_history.items():
             final_obs[key] = np.zeros_like(buf)  # rows of envs that did not finish stay zero
             final_obs[key][done] = buf[done]
-        infos = _stack_infos([r.info for r in results])
-        infos.update(
-            done=done,
-            final_obs=final_obs,
-            final_info=[r.final_info for r in results],
-            episode_return=np.where(done, [r.episode_return for r in results], 0.0).astype(np.float32),
-            episode_length=np.where(done, [r.episode_length for r in results], 0).astype(np.int64),
-        )
-        return self._copy(self._obs_buf), rewards, terminated, truncated, infos
+        infos: dict[str, Any] = dict(reply.infos)
+        infos["done"] = done
+        infos["final_obs"] = final_obs
+        return ChunkStep(self._copy(self._history), reply.reward, reply.terminated, reply.truncated, infos)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(num_envs={self.num_envs})"
+        return f"{type(self).__name__}(num_envs={self.num_envs}, obs_history={self.obs_history})"
 
 
 class SyncVectorEnv(_VectorEnvBase):
     """All envs in this process, one after another: for debugging (pdb works) and n_workers=0."""
 
-    def __init__(self, env_fns: Sequence[EnvFn]):
+    def __init__(self, env_fns: Sequence[EnvFn], obs_history: int = 1):
         if not env_fns:
             raise ValueError("need at least one env factory")
         envs = _build_envs(env_fns, 0)
         try:
-            super().__init__(len(envs), *_common_spaces(envs, 0))
+            super().__init__(len(envs), *_common_spaces(envs, 0), obs_history=obs_history)
         except BaseException:
             _close_envs(envs)
             raise
-        self._runner = _EnvRunner(envs, 0, self._obs_buf, self._final_obs_buf, self.single_action_space.shape)
+        self._runner = _EnvRunner(envs, 0, self._history, self._final_history, self.single_action_space.shape)
         self._closed = False
 
     def _make_array(self, key: ArrayKey, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         return np.zeros(shape, dtype=dtype)
 
-    def _reset_envs(self, seed: int | None, options: dict | None) -> list[dict[str, Any]]:
-        return self._runner.reset(seed, options)
+    def _reset_envs(self, seeds: list[int | None], options: dict | None) -> dict[str, np.ndarray]:
+        return self._runner.reset(seeds, options)
 
-    def _step_envs(self) -> list[_StepResult]:
-        return self._runner.step(self._act_buf)
+    def _step_envs(self, chunk: np.ndarray, active: np.ndarray, reset_seeds: np.ndarray) -> _StepReply:
+        return self._runner.step_chunk(chunk, active, reset_seeds)
 
     def _call_envs(self, name: str, args: tuple, kwargs: dict) -> list[Any]:
         return self._runner.call(name, args, kwargs)
@@ -413,7 +515,6 @@ class _Worker:
         self.envs, self.start = envs, start
         self.shms: list[SharedMemory] = []
         self.runner: _EnvRunner | None = None
-        self.actions: np.ndarray | None = None
 
     def attach(self, specs: dict[ArrayKey, _ArraySpec]) -> None:
         """Map the parent's arrays and keep this worker's rows of them."""
@@ -423,16 +524,15 @@ class _Worker:
             shm = SharedMemory(name=spec.shm_name)
             self.shms.append(shm)
             views[key] = _shared_view(shm, spec.shape, spec.dtype)[rows]
-        obs = {k: v for (group, k), v in views.items() if group == "obs"}
-        final = {k: v for (group, k), v in views.items() if group == "final_obs"}
-        self.actions = views[("actions", "")]
-        self.runner = _EnvRunner(self.envs, self.start, obs, final, self.envs[0].action_space.shape)
+        history = {k: v for (group, k), v in views.items() if group == "history"}
+        final = {k: v for (group, k), v in views.items() if group == "final"}
+        self.runner = _EnvRunner(self.envs, self.start, history, final, self.envs[0].action_space.shape)
 
-    def reset(self, payload: tuple[int | None, dict | None]) -> list[dict[str, Any]]:
+    def reset(self, payload: tuple[list[int | None], dict | None]) -> dict[str, np.ndarray]:
         return self.runner.reset(*payload)
 
-    def step(self, _payload: None) -> list[_StepResult]:
-        return self.runner.step(self.actions)
+    def step(self, payload: tuple[np.ndarray, np.ndarray, np.ndarray]) -> _StepReply:
+        return self.runner.step_chunk(*payload)
 
     def call(self, payload: tuple[str, tuple, dict]) -> list[Any]:
         return self.runner.call(*payload)
@@ -440,7 +540,7 @@ class _Worker:
     def close(self) -> None:
         _close_envs(self.envs)
         self.envs = []
-        self.runner = self.actions = None  # drop the views before unmapping
+        self.runner = None  # drop the views before unmapping
         for shm in self.shms:
             shm.close()  # the parent unlinks
         self.shms = []
@@ -526,7 +626,7 @@ class SharedMemoryVectorEnv(_VectorEnvBase):
     """
 
     def __init__(self, env_fns: Sequence[EnvFn], n_workers: int | None = None, context: str = "spawn",
-                 close_timeout: float = 20.0):
+                 close_timeout: float = 20.0, obs_history: int = 1):
         if not env_fns:
             raise ValueError("need at least one env factory")
         if n_workers is not None and n_workers < 1:
@@ -546,7 +646,7 @@ class SharedMemoryVectorEnv(_VectorEnvBase):
             t0 = time.perf_counter()
             self._start_workers(mp.get_context(context), env_fns)
             obs_space, act_space, metadata = self._gather_spaces()
-            super().__init__(n_envs, obs_space, act_space, metadata)
+            super().__init__(n_envs, obs_space, act_space, metadata, obs_history=obs_history)
             self._broadcast("attach", self._specs)
             log.info("started %d envs on %d workers in %.1f s", n_envs, n_workers, time.perf_counter() - t0)
         except BaseException:
@@ -593,23 +693,26 @@ class SharedMemoryVectorEnv(_VectorEnvBase):
         return array
 
     # --- commands --------------------------------------------------------------------------------
-    def _reset_envs(self, seed: int | None, options: dict | None) -> list[dict[str, Any]]:
-        return _concat(self._broadcast("reset", (seed, options)))
+    def _reset_envs(self, seeds: list[int | None], options: dict | None) -> dict[str, np.ndarray]:
+        return _concat_infos(self._broadcast("reset", [(seeds[a:b], options) for a, b in self._slices]))
 
-    def _step_envs(self) -> list[_StepResult]:
-        return _concat(self._broadcast("step", None))
+    def _step_envs(self, chunk: np.ndarray, active: np.ndarray, reset_seeds: np.ndarray) -> _StepReply:
+        replies = self._broadcast("step", [(chunk[a:b], active[a:b], reset_seeds[a:b]) for a, b in self._slices])
+        return _StepReply(np.concatenate([r.reward for r in replies]), np.concatenate([r.terminated for r in replies]),
+                          np.concatenate([r.truncated for r in replies]), _concat_infos([r.infos for r in replies]))
 
     def _call_envs(self, name: str, args: tuple, kwargs: dict) -> list[Any]:
-        return _concat(self._broadcast("call", (name, args, kwargs)))
+        return [item for reply in self._broadcast("call", (name, args, kwargs)) for item in reply]
 
     def _broadcast(self, cmd: str, payload: Any) -> list[Any]:
-        """Send one command to every worker and wait for all replies (one per worker, in order)."""
+        """Send one command to every worker and wait for all replies (one per worker, in order).
+        A list payload holds one payload per worker; anything else goes to every worker."""
         if self._broken:
             raise VectorEnvError(self._broken)
         sent, errors = [], []
         for w, conn in enumerate(self._conns):
             try:
-                conn.send((cmd, payload))
+                conn.send((cmd, payload[w] if isinstance(payload, list) else payload))
                 sent.append(w)
             except OSError:
                 errors.append(self._died(w))
@@ -662,13 +765,13 @@ class SharedMemoryVectorEnv(_VectorEnvBase):
         """Stop the workers and unlink the shared memory (also runs on garbage collection/exit)."""
         if self.closed:
             return
-        self._obs_buf = self._final_obs_buf = self._act_buf = None  # views must go before unmapping
+        self._history = self._final_history = None  # views must go before unmapping
         self._finalizer()
 
 
-def make_vector_env(env_fns: Sequence[EnvFn], n_workers: int | None = None,
-                    context: str = "spawn") -> SyncVectorEnv | SharedMemoryVectorEnv:
+def make_vector_env(env_fns: Sequence[EnvFn], n_workers: int | None = None, context: str = "spawn",
+                    obs_history: int = 1) -> SyncVectorEnv | SharedMemoryVectorEnv:
     """SyncVectorEnv for n_workers == 0, else SharedMemoryVectorEnv (None: one worker per CPU)."""
     if n_workers == 0:
-        return SyncVectorEnv(env_fns)
-    return SharedMemoryVectorEnv(env_fns, n_workers, context=context)
+        return SyncVectorEnv(env_fns, obs_history=obs_history)
+    return SharedMemoryVectorEnv(env_fns, n_workers, context=context, obs_history=obs_history)

@@ -14,34 +14,54 @@ class VideoRecorder(gym.Wrapper):
     """Writes `<prefix>_ep<k>.mp4` for the first `episodes` episodes of the wrapped env.
 
     Frames are rendered at `image_hw` (larger than policy images) from `camera`
-    ('front', 'wrist' or 'both' side by side), once per control step.
+    ('front', 'wrist' or 'both' side by side), once per control step. `start_video` /
+    `stop_video` (reachable through a vector env's `call`) point a long-lived env at a new
+    directory, e.g. one per evaluation; a recorder built with `enabled=False` ignores them, so
+    a vector env can call them on every env and only env 0 records.
     """
 
-    def __init__(self, env: gym.Env, directory: str | Path, prefix: str = "rollout", episodes: int = 1,
-                 camera: str = "front", image_hw: tuple[int, int] = (240, 320), fps: int = 20):
+    def __init__(self, env: gym.Env, directory: str | Path | None = None, prefix: str = "rollout",
+                 episodes: int = 1, camera: str = "front", image_hw: tuple[int, int] = (240, 320), fps: int = 20,
+                 enabled: bool = True):
         super().__init__(env)
-        self.directory = Path(directory)
-        self.prefix, self.episodes, self.camera = prefix, episodes, camera
+        self.enabled = enabled
+        self.directory = Path(directory) if directory is not None else None
+        self.prefix, self.episodes, self.camera = prefix, episodes if directory is not None else 0, camera
         self.image_hw, self.fps = tuple(image_hw), fps
         self.episode = -1
         self.frames: list[np.ndarray] = []
+
+    def start_video(self, directory: str | Path, prefix: str = "rollout", episodes: int = 1) -> None:
+        """Record the next `episodes` episodes (from the next reset) into `directory`."""
+        if not self.enabled:
+            return
+        self._flush()
+        self.directory, self.prefix, self.episodes, self.episode = Path(directory), prefix, int(episodes), -1
+
+    def stop_video(self) -> None:
+        if self.enabled:
+            self._flush()
+            self.episodes = 0
 
     def _frame(self) -> np.ndarray:
         env = self.env.unwrapped
         cams = ("front", "wrist") if self.camera == "both" else (self.camera,)
         return np.concatenate([env.render(camera=c, image_hw=self.image_hw) for c in cams], axis=1)
 
+    def _recording(self) -> bool:
+        return self.enabled and self.directory is not None and self.episode < self.episodes
+
     def reset(self, **kwargs):
         self._flush()
         obs, info = self.env.reset(**kwargs)
         self.episode += 1
-        if self.episode < self.episodes:
+        if self._recording():
             self.frames = [self._frame()]
         return obs, info
 
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
-        if self.episode < self.episodes:
+        if self._recording() and self.frames:
             self.frames.append(self._frame())
             if terminated or truncated:
                 self._flush(success=bool(info.get("success", False)))
@@ -65,9 +85,10 @@ class VideoRecorder(gym.Wrapper):
         super().close()
 
 
-def record_first_env(i: int, env: gym.Env, directory: str | Path | None, prefix: str, episodes: int = 1,
-                     camera: str = "front", image_hw: tuple[int, int] = (240, 320), fps: int = 20) -> gym.Env:
-    """Vector-env `wrap` hook: record videos of env 0 only (pass with functools.partial)."""
-    if i != 0 or directory is None or episodes <= 0:
-        return env
-    return VideoRecorder(env, directory, prefix=prefix, episodes=episodes, camera=camera, image_hw=image_hw, fps=fps)
+def record_first_env(i: int, env: gym.Env, directory: str | Path | None = None, prefix: str = "rollout",
+                     episodes: int = 1, camera: str = "front", image_hw: tuple[int, int] = (240, 320),
+                     fps: int = 20) -> gym.Env:
+    """Vector-env `wrap` hook (pass with functools.partial): every env gets a recorder, env 0's
+    records (the first `episodes` episodes into `directory`, or from `start_video` on)."""
+    return VideoRecorder(env, directory if i == 0 else None, prefix=prefix, episodes=episodes, camera=camera,
+                         image_hw=image_hw, fps=fps, enabled=i == 0)

@@ -1,5 +1,6 @@
-"""Vector envs: same-step auto-reset, seeding/determinism across worker counts, pixels through
-shared memory, and worker failures. MuJoCo episodes are cut to a few steps to stay fast."""
+"""Vector envs: chunked stepping with same-step auto-reset, seeding/determinism across worker
+counts, pixels through shared memory, divergence and worker failures. MuJoCo episodes are cut to
+a few steps to stay fast."""
 from __future__ import annotations
 
 import functools
@@ -26,7 +27,7 @@ def one_leg_fns(n: int = N_ENVS, **cfg) -> list:
 
 def hold(obs: dict[str, np.ndarray]) -> np.ndarray:
     """Command the current EE pose and gripper width: the state layout is the action layout."""
-    return obs["state"][:, :10].copy()
+    return obs["state"][:, -1, :10].copy()
 
 
 def rollout(venv, n_steps: int, seed: int = SEED) -> list[tuple]:
@@ -82,9 +83,11 @@ def test_same_step_autoreset_matches_a_single_env(state_venvs):
 
     obs, infos = venv.reset(seed=SEED)
     np.testing.assert_array_equal(infos["steps"], [0, 0])
+    np.testing.assert_array_equal(infos["episode_seed"], [SEED, SEED + 1])
     for i in range(N_ENVS):
         for key in obs:
-            np.testing.assert_array_equal(obs[key][i], refs[i][0]["obs"][key])
+            assert obs[key].shape[1] == 1  # (N, To=1, ...) histories
+            np.testing.assert_array_equal(obs[key][i, 0], refs[i][0]["obs"][key])
 
     returned = []
     for t in range(1, 5):
@@ -95,29 +98,31 @@ def test_same_step_autoreset_matches_a_single_env(state_venvs):
         np.testing.assert_array_equal(terminated, [False] * N_ENVS)  # a time limit is not a termination
         np.testing.assert_array_equal(infos["done"], [expected_done] * N_ENVS)
         np.testing.assert_array_equal(rewards, np.zeros(N_ENVS, np.float32))
-        # the step counter restarts in the same call that finished the episode
-        np.testing.assert_array_equal(infos["steps"], [0 if t == 3 else t % 3] * N_ENVS)
+        np.testing.assert_array_equal(infos["executed"], [1, 1])
+        # infos describe the step taken: for a finished env its final step
+        np.testing.assert_array_equal(infos["steps"], [t if t <= 3 else 1] * N_ENVS)
         for i in range(N_ENVS):
             for key in obs:
-                np.testing.assert_array_equal(obs[key][i], refs[i][t]["obs"][key], err_msg=f"step {t} env {i}")
+                np.testing.assert_array_equal(obs[key][i, -1], refs[i][t]["obs"][key], err_msg=f"step {t} env {i}")
         if expected_done:
             np.testing.assert_array_equal(infos["episode_length"], [3, 3])
             np.testing.assert_array_equal(infos["episode_return"], [0.0, 0.0])
-            assert [fi["steps"] for fi in infos["final_info"]] == [3, 3]
-            assert [fi["success"] for fi in infos["final_info"]] == [False, False]
+            np.testing.assert_array_equal(infos["success"], [False, False])
+            np.testing.assert_array_equal(infos["episode_seed"], [SEED, SEED + 1])
+            assert (infos["next_episode_seed"] != infos["episode_seed"]).all()
+            assert infos["milestones/leg_lifted"].dtype == bool and not infos["milestones/leg_lifted"].any()
             for i in range(N_ENVS):
                 for key in obs:
-                    np.testing.assert_array_equal(infos["final_obs"][key][i], refs[i][t]["final_obs"][key])
+                    np.testing.assert_array_equal(infos["final_obs"][key][i, -1], refs[i][t]["final_obs"][key])
                 # the returned obs is the new episode's (parts re-sampled), not the finished one's
                 assert not np.allclose(obs["parts"][i], infos["final_obs"]["parts"][i])
         else:
-            assert infos["final_info"] == [None, None]
             np.testing.assert_array_equal(infos["episode_length"], [0, 0])
             assert all(not v.any() for v in infos["final_obs"].values())  # rows of unfinished envs are zero
     # returned obs are copies, not views that later steps overwrite
     for t, obs in enumerate(returned, start=1):
         for i in range(N_ENVS):
-            np.testing.assert_array_equal(obs["parts"][i], refs[i][t]["obs"]["parts"], err_msg=f"step {t} env {i}")
+            np.testing.assert_array_equal(obs["parts"][i, -1], refs[i][t]["obs"]["parts"], err_msg=f"step {t} env {i}")
 
 
 # --- (b) determinism across worker counts -------------------------------------------------------
@@ -131,6 +136,8 @@ def test_runs_are_identical_for_any_worker_count(state_venvs):
     # returned obs are copies: the auto-reset at step 3 must not have overwritten the first obs
     assert not np.allclose(first_obs["parts"], traces["shm2"][3][0]["parts"])
     assert not np.allclose(first_obs["parts"][0], first_obs["parts"][1])  # env i is seeded with seed + i
+    explicit, _ = state_venvs["sync"].reset(seeds=[SEED + 1, SEED])  # explicit per-env seeds
+    np.testing.assert_array_equal(explicit["parts"][::-1], first_obs["parts"])
     other_seed, _ = state_venvs["sync"].reset(seed=SEED + 100)
     assert not np.allclose(other_seed["parts"], first_obs["parts"])
     done = [t for t, step in enumerate(traces["shm2"]) if step[3] is not None and step[3].any()]
@@ -158,10 +165,10 @@ def test_pixel_observations_come_back_through_shared_memory():
         trace = rollout(shm, n_steps=3)
         assert_traces_equal(trace, rollout(sync, n_steps=3))
     for camera in ("rgb/front", "rgb/wrist"):
-        for images in (trace[0][0][camera], trace[2][4][camera]):  # a reset obs and a final obs
+        for images in (trace[0][0][camera][:, -1], trace[2][4][camera][:, -1]):  # a reset obs and a final obs
             assert images.dtype == np.uint8 and images.shape == (N_ENVS, 96, 96, 3)
             assert images.reshape(N_ENVS, -1).std(axis=1).min() > 5.0  # real renders, not blank buffers
-    front = trace[0][0]["rgb/front"]
+    front = trace[0][0]["rgb/front"][:, -1]
     assert not np.array_equal(front[0], front[1])  # each env renders its own scene (own seed)
 
 
@@ -235,7 +242,7 @@ def test_terminated_and_truncated_stay_separate(n_workers):
     with make_vector_env(fns, n_workers) as venv:
         assert isinstance(venv, SyncVectorEnv if n_workers == 0 else SharedMemoryVectorEnv)
         obs, infos = venv.reset(seed=10)
-        np.testing.assert_array_equal(obs["state"], [[0, 10], [0, 11]])  # env i gets seed + i
+        np.testing.assert_array_equal(obs["state"][:, -1], [[0, 10], [0, 11]])  # env i gets seed + i
         actions = np.zeros((2, 1), np.float32)
 
         venv.step(actions)
@@ -244,27 +251,91 @@ def test_terminated_and_truncated_stay_separate(n_workers):
         np.testing.assert_array_equal(truncated, [False, False])
         np.testing.assert_array_equal(rewards, [1.0, 1.0])
         assert rewards.dtype == np.float32 and terminated.dtype == bool
-        np.testing.assert_array_equal(obs["state"], [[0, -1], [2, 11]])  # auto-reset continues the env's RNG
-        np.testing.assert_array_equal(infos["final_obs"]["state"], [[2, 10], [0, 0]])
-        np.testing.assert_array_equal(infos["final_obs"]["img"][0], np.full((2, 2, 3), 21, np.uint8))
-        assert infos["final_info"][0]["success"] is True and infos["final_info"][1] is None
+        np.testing.assert_array_equal(obs["state"][:, -1], [[0, -1], [2, 11]])  # auto-reset continues the env's RNG
+        np.testing.assert_array_equal(infos["final_obs"]["state"][:, -1], [[2, 10], [0, 0]])
+        np.testing.assert_array_equal(infos["final_obs"]["img"][0, -1], np.full((2, 2, 3), 21, np.uint8))
+        np.testing.assert_array_equal(infos["success"], [True, False])
         np.testing.assert_array_equal(infos["episode_return"], [2.0, 0.0])
         np.testing.assert_array_equal(infos["episode_length"], [2, 0])
-        # env 0 reports its reset info (no "gap"/"label"): floats fill with NaN, others with None
+        # numeric infos stack into arrays; strings are not carried
         assert infos["success"].dtype == bool and infos["steps"].dtype == np.int64
-        np.testing.assert_array_equal(infos["steps"], [0, 2])
-        np.testing.assert_array_equal(infos["gap"], [np.nan, 1.0])
-        assert infos["label"] == [None, "s2"]
+        np.testing.assert_array_equal(infos["steps"], [2, 2])
+        np.testing.assert_array_equal(infos["gap"], [1.0, 1.0])
+        assert "label" not in infos
 
         obs, rewards, terminated, truncated, infos = venv.step(actions)  # env 1 hits the time limit
         np.testing.assert_array_equal(terminated, [False, False])
         np.testing.assert_array_equal(truncated, [False, True])
-        np.testing.assert_array_equal(infos["final_obs"]["state"], [[0, 0], [3, 11]])
+        np.testing.assert_array_equal(infos["final_obs"]["state"][:, -1], [[0, 0], [3, 11]])
         np.testing.assert_array_equal(infos["episode_return"], [0.0, 3.0])
-        assert infos["final_info"][1] == {"success": False, "steps": 3, "gap": 1.5, "label": "s3"}
+        np.testing.assert_array_equal(infos["episode_seed"], [-1, 11])
 
         with pytest.raises(ValueError, match="shape"):
             venv.step(np.zeros((3, 1), np.float32))
+
+
+@pytest.mark.parametrize("n_workers", [0, 2])
+def test_a_chunk_stops_each_env_at_its_episode_end(n_workers):
+    """(N, Ta, A) chunks: rewards summed over the executed sub-steps, an env whose episode ends
+    executes nothing more of its chunk, histories pad a new episode and keep the finished one."""
+    fns = [functools.partial(CountdownEnv, succeed_at=2), functools.partial(CountdownEnv, succeed_at=99),
+           functools.partial(CountdownEnv, succeed_at=99)]
+    with make_vector_env(fns, n_workers, obs_history=2) as venv:
+        obs, _ = venv.reset(seeds=[5, 6, 7])
+        assert obs["state"].shape == (3, 2, 2)
+        np.testing.assert_array_equal(obs["state"][:, :, 0], [[0, 0]] * 3)  # first obs repeated
+        chunk = np.zeros((3, 4, 1), np.float32)
+        # env 2 sits this chunk out; env 0 succeeds at sub-step 2, env 1 is truncated at 3
+        obs, rewards, terminated, truncated, infos = venv.step(chunk, active=[True, True, False],
+                                                               reset_seeds=[50, -1, -1])
+        np.testing.assert_array_equal(infos["executed"], [2, 3, 0])
+        np.testing.assert_array_equal(rewards, [2.0, 3.0, 0.0])
+        np.testing.assert_array_equal(terminated, [True, False, False])
+        np.testing.assert_array_equal(truncated, [False, True, False])
+        # env 0 restarted with the given seed, env 1 from its own stream; env 2 untouched
+        np.testing.assert_array_equal(obs["state"][:, -1], [[0, 50], [0, -1], [0, 7]])
+        np.testing.assert_array_equal(obs["state"][:, :, 0], [[0, 0], [0, 0], [0, 0]])
+        np.testing.assert_array_equal(infos["final_obs"]["state"][:2, :, 0], [[1, 2], [2, 3]])
+        np.testing.assert_array_equal(infos["next_episode_seed"], [50, -1, 7])
+        np.testing.assert_array_equal(infos["episode_seed"], [5, 6, 7])
+        obs, rewards, *_ = venv.step(chunk[:, :1])
+        np.testing.assert_array_equal(obs["state"][:, :, 0], [[0, 1], [0, 1], [0, 1]])  # history shifts
+        with pytest.raises(ValueError, match="active"):
+            venv.step(chunk, active=[True, False])
+
+
+class DivergingEnv(CountdownEnv):
+    """Raises FloatingPointError (a blown-up simulation) at step `blow_up_at`."""
+
+    def __init__(self, blow_up_at: int):
+        super().__init__(succeed_at=99)
+        self.blow_up_at = blow_up_at
+
+    def step(self, action):
+        if self.steps + 1 == self.blow_up_at:
+            raise FloatingPointError("qpos is NaN")
+        return super().step(action)
+
+
+@pytest.mark.parametrize("n_workers", [0, 2])
+def test_a_diverged_env_is_truncated_and_the_others_go_on(n_workers, caplog):
+    fns = [functools.partial(CountdownEnv, succeed_at=99), functools.partial(DivergingEnv, blow_up_at=2)]
+    with make_vector_env(fns, n_workers) as venv:
+        venv.reset(seed=0)
+        with caplog.at_level("WARNING"):
+            obs, rewards, terminated, truncated, infos = venv.step(np.zeros((2, 3, 1), np.float32))
+        np.testing.assert_array_equal(truncated, [True, True])  # env 0: time limit at 3; env 1: diverged
+        np.testing.assert_array_equal(terminated, [False, False])
+        np.testing.assert_array_equal(infos["diverged"], [False, True])
+        np.testing.assert_array_equal(infos["executed"], [3, 2])
+        np.testing.assert_array_equal(rewards, [3.0, 1.0])
+        # the last finite observation stands in as the final one; the env starts afresh
+        np.testing.assert_array_equal(infos["final_obs"]["state"][1, -1], [1, 1])
+        np.testing.assert_array_equal(obs["state"][1, -1, 0], 0)
+        if n_workers == 0:
+            assert any("env 1 diverged" in r.getMessage() for r in caplog.records)
+        obs, rewards, *_ = venv.step(np.zeros((2, 1), np.float32))  # and both keep running
+        np.testing.assert_array_equal(rewards, [1.0, 1.0])
 
 
 def test_garbage_collection_stops_workers_and_frees_shared_memory():
@@ -272,7 +343,7 @@ def test_garbage_collection_stops_workers_and_frees_shared_memory():
     venv.reset(seed=0)
     procs = list(venv._procs)
     shm_names = [spec.shm_name for spec in venv._specs.values()]
-    assert all(p.is_alive() for p in procs) and len(shm_names) == 5  # obs+final_obs (2 keys each), actions
+    assert all(p.is_alive() for p in procs) and len(shm_names) == 4  # history + final history, 2 keys each
     del venv
     gc.collect()
     assert not any(p.is_alive() for p in procs)

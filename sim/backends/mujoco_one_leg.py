@@ -15,7 +15,8 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
-from data.rotation import matrix_to_rot6d, quat_to_matrix, rot6d_to_matrix
+from data.action_clip import ActionLimits, clip_action
+from data.rotation import matrix_to_rot6d, quat_to_matrix
 from data.schema import RGB_PREFIX, ActionSchema, ObsSchema
 from sim.config import EnvConfig
 from sim.control.ik import DifferentialIK
@@ -25,6 +26,9 @@ from sim.tasks.one_leg import task as T
 from sim.tasks.one_leg.thread import ThreadModel
 
 log = logging.getLogger(__name__)
+
+_INSTABILITY_WARNINGS = (mujoco.mjtWarning.mjWARN_BADQACC, mujoco.mjtWarning.mjWARN_BADQPOS,
+                         mujoco.mjtWarning.mjWARN_BADQVEL)
 
 HOME_POS_BASE = np.array([0.45, 0.0, 0.20])  # TCP above the workspace, robot base frame
 # TCP frame with the hand pointing down (site z = world -z) and the fingers closing along
@@ -81,6 +85,9 @@ class OneLegMujocoEnv(gym.Env):
         lo = np.array([*cfg.workspace_low, *[-1.0] * 6, 0.0], dtype=np.float32)
         hi = np.array([*cfg.workspace_high, *[1.0] * 6, cfg.gripper_max_width], dtype=np.float32)
         self.action_space = gym.spaces.Box(lo, hi, dtype=np.float32)
+        self.limits = ActionLimits(tuple(cfg.workspace_low), tuple(cfg.workspace_high), cfg.max_pos_step,
+                                   cfg.gripper_max_width)
+        self._warning_counts = (0,) * len(_INSTABILITY_WARNINGS)
         self._renderer = None
         self._video_renderer = None
         self._nominal_vis = None
@@ -174,6 +181,7 @@ class OneLegMujocoEnv(gym.Env):
         self._randomize_visuals()
         mujoco.mj_step(self.model, self.data, nstep=self.substeps)  # let contacts settle
         mujoco.mj_forward(self.model, self.data)
+        self._warning_counts = tuple(int(self.data.warning[w].number) for w in _INSTABILITY_WARNINGS)
         self.steps = 0
         self.reached = {m: False for m in T.MILESTONES}  # latched over the episode
         obs = self._observe()
@@ -183,8 +191,6 @@ class OneLegMujocoEnv(gym.Env):
         action = np.asarray(action, dtype=np.float64)
         if action.shape != (10,):
             raise ValueError(f"action must have shape (10,), got {action.shape}")
-        if not np.all(np.isfinite(action)):
-            raise ValueError(f"action contains NaN/Inf: {action}")
         t0 = time.perf_counter()
         pos_w, rot_w, width = self._clip_action(action)
         q_goal, ik_err = self.ik.solve(pos_w, rot_w, self._q_target)
@@ -204,8 +210,7 @@ class OneLegMujocoEnv(gym.Env):
             mujoco.mj_forward(self.model, self.data)
         t3 = time.perf_counter()
         self.steps += 1
-        if not np.all(np.isfinite(self.data.qpos)):
-            raise FloatingPointError("simulation diverged (NaN in qpos)")
+        self._check_divergence()
         success = self.is_success()
         lost = self.part_lost()
         obs = self._observe()
@@ -221,17 +226,28 @@ class OneLegMujocoEnv(gym.Env):
         info["part_lost"] = lost
         return obs, reward, terminated, truncated, info
 
+    def _check_divergence(self) -> None:
+        """Raise FloatingPointError when the simulation blew up in this step: NaN/Inf state,
+        MuJoCo's own instability warnings (it resets the data itself on a bad acceleration,
+        which would otherwise pass for a fresh start), or velocities no real motion reaches
+        (an exploding contact). The vector env ends the episode as truncated and goes on."""
+        d = self.data
+        if not (np.all(np.isfinite(d.qpos)) and np.all(np.isfinite(d.qvel))):
+            raise FloatingPointError("simulation diverged: NaN/Inf in the state")
+        counts = tuple(int(d.warning[w].number) for w in _INSTABILITY_WARNINGS)
+        if counts != self._warning_counts:
+            self._warning_counts = counts
+            raise FloatingPointError("simulation diverged: MuJoCo reported an unstable state "
+                                     f"(bad qacc/qpos/qvel warnings {counts})")
+        vmax = float(np.max(np.abs(d.qvel)))
+        if vmax > self.cfg.max_joint_velocity:
+            raise FloatingPointError(f"simulation diverged: |qvel| reached {vmax:.3g} "
+                                     f"(> env.max_joint_velocity {self.cfg.max_joint_velocity})")
+
     def _clip_action(self, action: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-        cfg = self.cfg
-        pos_b = np.clip(action[:3], cfg.workspace_low, cfg.workspace_high)
         ee_b = self.data.site_xpos[self.ee_site] - self.base_pos
-        delta = pos_b - ee_b
-        dist = np.linalg.norm(delta)
-        if dist > cfg.max_pos_step:
-            pos_b = ee_b + delta * (cfg.max_pos_step / dist)
-        rot = rot6d_to_matrix(action[3:9])
-        width = float(np.clip(action[9], 0.0, cfg.gripper_max_width))
-        return pos_b + self.base_pos, rot, width
+        c = clip_action(action, ee_b, self.limits)
+        return c.pos + self.base_pos, c.rot, float(c.width)
 
     def _set_gripper_ctrl(self, width: float) -> None:
         half = float(np.clip(width / 2, 0.0, 0.04))
