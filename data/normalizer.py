@@ -260,6 +260,24 @@ def dataset_fingerprint(dataset, modes: Mapping[str, str], episodes: Sequence[in
             "episodes": eps_sel, "eps": float(eps)}
 
 
+def modes_to_fit(dataset_keys: Iterable[str], modes: Mapping[str, str], required: Sequence[str],
+                 where: str = "modes") -> dict[str, str]:
+    """Which keys to fit, with their modes: every `required` key (it must have a mode) and every
+    other key of `modes` that the dataset has. So a pixel actor's normaliser still holds the
+    privileged `parts` statistics of its dataset, which a critic trained beside it needs.
+    `where` names `modes` in the error (e.g. the config key `data.norm`)."""
+    have = set(dataset_keys)
+    missing = [k for k in required if k not in modes]
+    if missing:
+        raise NormalizerError(f"{where} has no normalisation mode for {missing} (has {sorted(modes)}); "
+                              f"add e.g. {missing[0]}: minmax")
+    absent = [k for k in required if k not in have]
+    if absent:
+        raise NormalizerError(f"the dataset has no keys {absent} to fit statistics of; it has {sorted(have)}")
+    keys = list(dict.fromkeys([*required, *(k for k in modes if k in have)]))
+    return {k: modes[k] for k in keys}
+
+
 def load_or_fit(dataset, modes: Mapping[str, str], episodes: Sequence[int] | None = None,
                 path: str | os.PathLike | None = None, eps: float = DEFAULT_EPS, save: bool = True) -> Normalizer:
     """Read the stats sidecar if it matches the dataset, else compute (and save) them."""

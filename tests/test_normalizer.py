@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from data.episodes import EpisodeDataset, EpisodeWriter
-from data.normalizer import (KeyStats, Normalizer, NormalizerError, compute_stats, load_or_fit, stats_path)
+from data.normalizer import (KeyStats, Normalizer, NormalizerError, compute_stats, load_or_fit, modes_to_fit,
+                             stats_path)
 
 
 @pytest.fixture(scope="module")
@@ -156,3 +157,18 @@ def test_keystats_merge_matches_single_pass():
         s.update(part)
     np.testing.assert_allclose(s.mean, x.mean(0), rtol=1e-14)
     np.testing.assert_allclose(s.std, x.std(0), rtol=1e-8)
+
+
+def test_modes_to_fit_takes_every_configured_key_the_dataset_has():
+    """A pixel actor reads only `state`, but its normaliser also gets the dataset's `parts` (a
+    privileged critic needs them); configured keys the dataset lacks are skipped, required keys
+    must have a mode and exist."""
+    modes = {"state": "minmax", "parts": "meanstd", "action": "minmax", "joints": "minmax"}
+    got = modes_to_fit(["action", "parts", "rgb/front", "state"], modes, ["state", "action"])
+    assert got == {"state": "minmax", "action": "minmax", "parts": "meanstd"}
+    assert modes_to_fit(["action", "state"], modes, ["state", "action"]) == {"state": "minmax", "action": "minmax"}
+    with pytest.raises(NormalizerError, match=r"data\.norm has no normalisation mode for \['parts'\]"):
+        modes_to_fit(["state", "parts", "action"], {"state": "minmax", "action": "minmax"}, ["state", "parts"],
+                     where="data.norm")
+    with pytest.raises(NormalizerError, match=r"the dataset has no keys \['parts'\]"):
+        modes_to_fit(["state", "action"], modes, ["parts"])
