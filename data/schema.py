@@ -143,6 +143,14 @@ class ActionSchema:
         d["version"] = SCHEMA_VERSION
         return d
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ActionSchema":
+        version = d.get("version", SCHEMA_VERSION)
+        if version != SCHEMA_VERSION:
+            raise ValueError(f"action schema version {version} is not supported (expected {SCHEMA_VERSION})")
+        return cls(dim=int(d["dim"]), control_hz=float(d["control_hz"]),
+                   layout={str(k): [int(i) for i in v] for k, v in dict(d["layout"]).items()}, frame=str(d["frame"]))
+
 
 def make_action(pos: np.ndarray, rot: np.ndarray, gripper_width: float | np.ndarray) -> np.ndarray:
     """Pack a position (..,3), rotation matrix (..,3,3) and gripper width into the action layout."""
