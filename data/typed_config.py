@@ -39,8 +39,9 @@ class ConfigKeyError(KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-class ConfigTypeError(TypeError):
-    """A config value of the wrong type (or not among a Literal's choices)."""
+class ConfigTypeError(TypeError, ValueError):
+    """A config value of the wrong type, or not among a Literal's choices (a ValueError too, for
+    callers that catch bad values as such)."""
 
 
 def to_plain(x: Any) -> Any:
@@ -73,8 +74,14 @@ def _type_hints(cls) -> dict[str, Any]:
 
 
 def _type_name(tp: Any) -> str:
+    """`bool or 'auto'`, `str or None`, `tuple[int, int]`: a type as an error message says it."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
     if tp is type(None):
         return "None"
+    if origin is Literal:
+        return " or ".join(repr(a) for a in args)
+    if _is_union(origin):
+        return " or ".join(_type_name(a) for a in args)
     if isinstance(tp, type):
         return tp.__name__
     return str(tp).replace("typing.", "")

@@ -32,6 +32,7 @@ class Outer:
     dims: list[int] = field(default_factory=lambda: [1, 2])
     mode: bool | Literal["auto"] = "auto"
     table: dict[str, Leaf] = field(default_factory=dict)
+    sources: tuple[str, ...] | None = None  # a tuple by its type only (the default is None)
     untyped = 3  # a class attribute, not a field
 
 
@@ -61,6 +62,8 @@ def test_optional_fields_take_none_or_the_type():
     assert from_mapping(Outer, {"maybe": {"width": 2}}).maybe == Inner(width=2)
     assert from_mapping(Outer, {"maybe": None, "weights": None}).maybe is None
     assert from_mapping(Outer, {"weights": "w.pth"}).weights == "w.pth"
+    sources = from_mapping(Outer, {"sources": ["demo", "teleop"]}).sources
+    assert sources == ("demo", "teleop") and isinstance(sources, tuple)
     with pytest.raises(ConfigTypeError, match=r"^weights: expected str, got int 3$"):
         from_mapping(Outer, {"weights": 3})
     with pytest.raises(ConfigKeyError, match=r"unknown key 'maybe\.widht' for Inner"):
