@@ -76,18 +76,30 @@ class NoiseSchedule(torch.nn.Module):
             raise ValueError(f"DDIM steps must be in 1..{self.steps}, got {n}")
         return [int(round(x)) for x in torch.linspace(self.steps - 1, 0, n).tolist()]
 
-    def ddim_step(self, model_out, x_t, t: int, t_prev: int, eta: float):
+    def ddim_step(self, model_out, x_t, t, t_prev, eta: float):
         """One DDIM step t -> t_prev (t_prev = -1 means the final clean sample).
 
-        Returns (mean, std) of x_{t_prev} | x_t; eta = 0 is deterministic, eta = 1 is DDPM-like.
+        `t` and `t_prev` are ints or (B,) long tensors, one timestep per sample (DPPO's update
+        recomputes steps of different chains in one batch). Returns (mean, sigma), each shaped
+        like x_t: the Gaussian of x_{t_prev} | x_t; eta = 0 is deterministic, 1 DDPM-like.
         """
-        tt = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
+        b = x_t.shape[0]
+        tt = self._per_sample(t, b, x_t.device)
+        tp = self._per_sample(t_prev, b, x_t.device)
         x0, eps = self.x0_and_eps(model_out, x_t, tt)
-        a_t = self.alphas_cumprod[t]
-        a_prev = self.alphas_cumprod[t_prev] if t_prev >= 0 else torch.ones((), device=x_t.device)
+        view = (-1, *([1] * (x_t.dim() - 1)))
+        a_t = self.alphas_cumprod[tt].view(view)
+        a_prev = torch.where(tp >= 0, self.alphas_cumprod[tp.clamp(min=0)], torch.ones_like(tp, dtype=a_t.dtype))
+        a_prev = a_prev.view(view)
         sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).clamp(min=0).sqrt()
         mean = a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).clamp(min=0).sqrt() * eps
-        return mean, sigma.expand_as(mean) if torch.is_tensor(sigma) else torch.full_like(mean, float(sigma))
+        return mean, sigma.expand_as(mean)
+
+    @staticmethod
+    def _per_sample(t, b: int, device) -> torch.Tensor:
+        if torch.is_tensor(t):
+            return t.to(device=device, dtype=torch.long).expand(b) if t.dim() == 0 else t.to(device, torch.long)
+        return torch.full((b,), int(t), device=device, dtype=torch.long)
 
     def ddpm_step(self, model_out, x_t, t: int):
         """Ancestral DDPM step t -> t-1: (mean, std) of the posterior."""

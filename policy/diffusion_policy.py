@@ -6,9 +6,8 @@ live inside the policy (and its checkpoint), so nothing else is needed to run it
 """
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 import torch
@@ -24,6 +23,11 @@ from policy.obs_encoder import ObsEncoder, ObsEncoderConfig
 
 @dataclass
 class PolicyConfig:
+    """The policy's architecture; configs/policy/<name>.yaml matches it field for field (built by
+    `from_dict`, which rejects unknown keys). Pretraining sets `action_dim` and `obs.state_dim`
+    from the dataset."""
+
+    name: str = ""  # the preset (configs/policy/<name>.yaml): names run directories and reports
     action_dim: int = 10
     horizon: int = 8
     act_steps: int = 8
@@ -62,14 +66,13 @@ class PolicyConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "PolicyConfig":
-        from policy.vit import ViTConfig
+    def from_dict(cls, d: Mapping[str, Any], where: str = "") -> "PolicyConfig":
+        """From `to_dict()` (a checkpoint's config) or the Hydra policy group, through the typed
+        loader (`data.typed_config`): an unknown key is a KeyError naming its dotted path (after
+        `where`), a key left out (older checkpoints) takes its default."""
+        from data.typed_config import from_mapping
 
-        d = dict(d)
-        obs = dict(d.pop("obs"))
-        obs["vit"] = ViTConfig(**obs["vit"])
-        return cls(obs=ObsEncoderConfig(**obs), mlp=MLPDenoiserConfig(**d.pop("mlp")),
-                   unet=UNetDenoiserConfig(**d.pop("unet")), diffusion=DiffusionConfig(**d.pop("diffusion")), **d)
+        return from_mapping(cls, d, where=where)
 
 
 class DiffusionPolicy(nn.Module):
@@ -127,50 +130,174 @@ class DiffusionPolicy(nn.Module):
         target = noise if self.cfg.diffusion.predict == "epsilon" else x0
         return torch.mean((out - target) ** 2)
 
-    # --- sampling ----------------------------------------------------------------------------
-    @torch.no_grad()
-    def sample(self, obs: Mapping[str, torch.Tensor], steps: int | None = None, eta: float | None = None,
-               ddpm: bool = False, generator: torch.Generator | None = None,
-               noise: torch.Tensor | None = None) -> torch.Tensor:
-        """Normalised action chunk (B, horizon, action_dim) by DDIM (or full DDPM).
+    # --- the small interface sim/ and real/ drive a policy by ------------------------------
+    @property
+    def lowdim_keys(self) -> tuple[str, ...]:
+        return tuple(self.cfg.obs.lowdim_keys)
 
-        `noise` is the starting sample x_T (default: drawn here); with DDIM eta 0 it fixes the result.
+    @property
+    def cameras(self) -> tuple[str, ...]:
+        return tuple(self.cfg.obs.cameras)
+
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        return tuple(self.cfg.obs.image_hw)
+
+    @property
+    def obs_keys(self) -> tuple[str, ...]:
+        """Observation keys `act` reads: the low-dim ones, then `rgb/<camera>`."""
+        return self.lowdim_keys + tuple(f"rgb/{c}" for c in self.cameras)
+
+    @property
+    def obs_history(self) -> int:
+        return int(self.cfg.obs.obs_history)
+
+    @property
+    def act_steps(self) -> int:
+        return int(self.cfg.act_steps)
+
+    @property
+    def horizon(self) -> int:
+        return int(self.cfg.horizon)
+
+    @property
+    def action_dim(self) -> int:
+        return int(self.cfg.action_dim)
+
+    # --- sampling ----------------------------------------------------------------------------
+    def _randn(self, shape: tuple[int, ...], device, generator) -> torch.Tensor:
+        """Standard normal noise; `generator` may be one torch.Generator or one per sample (row),
+        so each env's noise depends on its own episode only."""
+        if isinstance(generator, (list, tuple)):
+            if len(generator) != shape[0]:
+                raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
+            return torch.stack([torch.randn(shape[1:], generator=g, device=g.device) for g in generator]).to(device)
+        return torch.randn(shape, device=device, generator=generator)
+
+    def denoising_timesteps(self, steps: int | None = None) -> list[int]:
+        return self.schedule.ddim_timesteps(steps or self.cfg.diffusion.ddim_steps)
+
+    def sample_chain(self, obs: Mapping[str, torch.Tensor], steps: int | None = None, eta: float | None = None,
+                     ft_steps: int | None = None, min_std: float = 0.0, noise_clip: float | None = None,
+                     generator=None, deterministic: bool = False, noise: torch.Tensor | None = None,
+                     cond: torch.Tensor | None = None) -> "ChainSample":
+        """DDIM-sample action chunks, keeping the denoising chain DPPO treats as a policy.
+
+        The last `ft_steps` (K', default all) of the `steps` (K) DDIM steps are the policy's
+        Gaussian steps: x_{k+1} ~ N(mean, max(sigma, min_std)) with the standard-normal draw
+        clipped to +-`noise_clip`; `deterministic` takes the means (evaluation). Returns the
+        normalised chain (B, K'+1, H, A) - x before the first policy step and after each one,
+        the last clamped to the action range - and the decoded absolute actions from now on
+        (B, H - To + 1, A). `noise` optionally gives the start sample x_T (B, H, A).
         """
-        cond = self.condition(obs)
+        steps = steps or self.cfg.diffusion.ddim_steps
+        eta = self.cfg.diffusion.ddim_eta if eta is None else float(eta)
+        ft_steps = steps if ft_steps is None else int(ft_steps)
+        if not 1 <= ft_steps <= steps:
+            raise ValueError(f"ft_steps must be in 1..{steps}, got {ft_steps}")
+        cond = self.condition(obs) if cond is None else cond
         b = cond.shape[0]
         shape = (b, self.cfg.horizon, self.cfg.action_dim)
         if noise is not None and tuple(noise.shape) != shape:
             raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
-        x = torch.randn(shape, device=cond.device, generator=generator) if noise is None else noise
-        if ddpm:
-            for t in reversed(range(self.schedule.steps)):
-                tt = torch.full((b,), t, device=x.device, dtype=torch.long)
-                mean, std = self.schedule.ddpm_step(self.denoiser(x, tt, cond), x, t)
-                x = mean + std * torch.randn(shape, device=x.device, generator=generator) if t > 0 else mean
-            return x.clamp(-1, 1)
-        steps = steps or self.cfg.diffusion.ddim_steps
-        eta = self.cfg.diffusion.ddim_eta if eta is None else eta
+        x = self._randn(shape, cond.device, generator) if noise is None else noise
         ts = self.schedule.ddim_timesteps(steps)
+        first_ft = steps - ft_steps
+        chain = []
         for i, t in enumerate(ts):
+            if i == first_ft:
+                chain.append(x)
             t_prev = ts[i + 1] if i + 1 < len(ts) else -1
             tt = torch.full((b,), t, device=x.device, dtype=torch.long)
-            mean, std = self.schedule.ddim_step(self.denoiser(x, tt, cond), x, t, t_prev, eta)
-            x = mean + std * torch.randn(shape, device=x.device, generator=generator) if eta > 0 else mean
-        return x.clamp(-1, 1)
+            mean, sigma = self.schedule.ddim_step(self.denoiser(x, tt, cond), x, t, t_prev, eta)
+            policy_step = i >= first_ft
+            std = sigma.clamp(min=min_std) if policy_step and min_std > 0 else sigma
+            if deterministic or (eta == 0 and not (policy_step and min_std > 0)):
+                x = mean
+            else:
+                z = self._randn(shape, x.device, generator)
+                if noise_clip is not None:
+                    z = z.clamp(-noise_clip, noise_clip)
+                x = mean + std * z
+            if i == len(ts) - 1:
+                x = x.clamp(-1, 1)
+            if policy_step:
+                chain.append(x)
+        chain_t = torch.stack(chain, dim=1)
+        return ChainSample(chain_t, self.decode_actions(x, obs)[:, self.cfg.exec_start:])
+
+    def chain_log_prob(self, obs: Mapping[str, torch.Tensor], chain: torch.Tensor, steps: int | None = None,
+                       eta: float = 1.0, min_std: float = 0.1, clamp: tuple[float, float] = (-5.0, 2.0),
+                       reduce: str = "mean", cond: torch.Tensor | None = None) -> torch.Tensor:
+        """Log-probabilities (B, K') of a chain's policy steps under the current weights
+        (differentiable; the observation is encoded once).
+
+        Each step is N(mean, max(sigma, min_std)) per element, clamped to `clamp`, taken over
+        the executed actions only (exec_start .. exec_start + act_steps) and averaged (DPPO's
+        default) or summed (`reduce="sum"`) over them.
+        """
+        if reduce not in ("mean", "sum"):
+            raise ValueError(f"reduce must be 'mean' or 'sum', got '{reduce}'")
+        steps = steps or self.cfg.diffusion.ddim_steps
+        b, k1 = chain.shape[:2]
+        ft_steps = k1 - 1
+        if not 1 <= ft_steps <= steps:
+            raise ValueError(f"a chain of {k1} states needs 1..{steps} policy steps")
+        cond = self.condition(obs) if cond is None else cond
+        ts = self.schedule.ddim_timesteps(steps)[steps - ft_steps:]
+        t_prev = ts[1:] + [-1]
+        device = chain.device
+        t = torch.tensor(ts, device=device).repeat(b)  # (B * K',), chain-major
+        tp = torch.tensor(t_prev, device=device).repeat(b)
+        x = chain[:, :-1].reshape(b * ft_steps, *chain.shape[2:])
+        nxt = chain[:, 1:].reshape_as(x)
+        c = cond.repeat_interleave(ft_steps, dim=0)
+        mean, sigma = self.schedule.ddim_step(self.denoiser(x, t, c), x, t, tp, eta)
+        std = sigma.clamp(min=min_std)
+        logp = torch.distributions.Normal(mean, std).log_prob(nxt).clamp(*clamp)
+        a, e = self.cfg.exec_start, self.cfg.exec_start + self.cfg.act_steps
+        logp = logp[:, a:e]
+        logp = logp.mean(dim=(1, 2)) if reduce == "mean" else logp.sum(dim=(1, 2))
+        return logp.view(b, ft_steps)
 
     @torch.no_grad()
-    def act(self, obs: Mapping[str, np.ndarray | torch.Tensor], **sample_kw) -> np.ndarray:
+    def sample(self, obs: Mapping[str, torch.Tensor], steps: int | None = None, eta: float | None = None,
+               ddpm: bool = False, generator=None, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Normalised action chunk (B, horizon, action_dim) by DDIM (or the full DDPM chain).
+
+        `noise` is the starting sample x_T (default: drawn here); with DDIM eta 0 it fixes the result.
+        """
+        if not ddpm:
+            return self.sample_chain(obs, steps=steps, eta=eta, ft_steps=1, generator=generator,
+                                     noise=noise).chain[:, -1]
+        cond = self.condition(obs)
+        b = cond.shape[0]
+        shape = (b, self.cfg.horizon, self.cfg.action_dim)
+        x = self._randn(shape, cond.device, generator) if noise is None else noise
+        for t in reversed(range(self.schedule.steps)):
+            tt = torch.full((b,), t, device=x.device, dtype=torch.long)
+            mean, std = self.schedule.ddpm_step(self.denoiser(x, tt, cond), x, t)
+            x = mean + std * self._randn(shape, x.device, generator) if t > 0 else mean
+        return x.clamp(-1, 1)
+
+    def to_batch(self, obs: Mapping[str, np.ndarray | torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Raw observations (numpy or torch, (B, To, ...)) -> tensors on the policy's device."""
+        device = next(self.parameters()).device
+        return {k: torch.as_tensor(np.asarray(v) if not torch.is_tensor(v) else v).to(device)
+                for k, v in obs.items() if k in self.cfg.obs.lowdim_keys or k.startswith("rgb/")}
+
+    @torch.no_grad()
+    def act(self, obs: Mapping[str, np.ndarray | torch.Tensor], steps: int | None = None, eta: float | None = None,
+            generator=None, noise: torch.Tensor | None = None) -> np.ndarray:
         """Raw observations with history (B, T, ...) -> the actions to execute from now on,
         denormalised: (B, horizon - obs_history + 1, 10); run the first `act_steps` of them.
 
-        The rotation part is re-orthonormalised so every action is a valid pose.
+        A thin wrapper over `sample_chain` (evaluation: the chain's means when eta is 0). The
+        rotation part is re-orthonormalised so every action is a valid pose.
         """
-        device = next(self.parameters()).device
-        batch = {k: torch.as_tensor(np.asarray(v)).to(device) for k, v in obs.items()
-                 if k in self.cfg.obs.lowdim_keys or k.startswith("rgb/")}
-        x = self.sample(batch, **sample_kw)
-        x = self.decode_actions(x, batch)[:, self.cfg.exec_start:]  # drop past steps of the history window
-        actions = x.cpu().numpy().astype(np.float32)
+        out = self.sample_chain(self.to_batch(obs), steps=steps, eta=eta, ft_steps=1, generator=generator,
+                                noise=noise)
+        actions = out.actions.cpu().numpy().astype(np.float32)
         if self.cfg.action_dim == 10:
             actions[..., 3:9] = matrix_to_rot6d(rot6d_to_matrix(actions[..., 3:9])).astype(np.float32)
         if not np.all(np.isfinite(actions)):
@@ -178,31 +305,9 @@ class DiffusionPolicy(nn.Module):
         return actions
 
 
-class ObsHistory:
-    """Keeps the last `n` observations of each env, padding a fresh episode with its first obs."""
+class ChainSample(NamedTuple):
+    """`sample_chain`'s result: the normalised denoising chain (B, K'+1, H, A) and the decoded
+    absolute actions from the current step on (B, H - To + 1, A)."""
 
-    def __init__(self, n: int, keys: list[str]):
-        self.n, self.keys = n, keys
-        self.buffers: list[deque] | None = None
-
-    def reset(self, obs: Mapping[str, np.ndarray], envs: np.ndarray | None = None) -> None:
-        b = len(obs[self.keys[0]])
-        if self.buffers is None or len(self.buffers) != b:
-            self.buffers = [deque(maxlen=self.n) for _ in range(b)]
-            envs = np.arange(b)
-        for i in (np.arange(b) if envs is None else envs):
-            self.buffers[i].clear()
-            for _ in range(self.n):
-                self.buffers[i].append({k: np.asarray(obs[k][i]) for k in self.keys})
-
-    def add(self, obs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Append the newest observation of every env; returns the stacked history (B, n, ...)."""
-        if self.buffers is None:
-            self.reset(obs)
-        else:
-            for i, buf in enumerate(self.buffers):
-                buf.append({k: np.asarray(obs[k][i]) for k in self.keys})
-        return self.stacked()
-
-    def stacked(self) -> dict[str, np.ndarray]:
-        return {k: np.stack([np.stack([o[k] for o in buf]) for buf in self.buffers]) for k in self.keys}
+    chain: torch.Tensor
+    actions: torch.Tensor

@@ -7,7 +7,8 @@ import policy as policy_pkg
 from data.normalizer import Normalizer
 from policy.checkpoint import CheckpointError, save_checkpoint
 from policy.denoisers import MLPDenoiserConfig, UNetDenoiser
-from policy.diffusion_policy import DiffusionPolicy, ObsHistory, PolicyConfig
+from data.history import ObsHistory
+from policy.diffusion_policy import DiffusionPolicy, PolicyConfig
 from policy.ema import EMA
 from policy.obs_encoder import ObsEncoderConfig
 from policy.vit import ViTConfig, ViTEncoder, random_shift, shift_pad_for
@@ -65,16 +66,32 @@ def test_ddim_eta0_is_deterministic_and_eta1_is_not():
     a = p.sample(obs, steps=5, eta=0.0, generator=torch.Generator().manual_seed(0))
     b = p.sample(obs, steps=5, eta=0.0, generator=torch.Generator().manual_seed(0))
     assert torch.equal(a, b) and a.shape == (3, 8, 10) and a.abs().max() <= 1.0
-    # eta=0: after the initial noise nothing is random -> other RNG draws in between change nothing
-    torch.manual_seed(123)
-    c = p.sample(obs, steps=5, eta=0.0, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(a, c)
-    d1 = p.sample(obs, steps=5, eta=1.0, generator=torch.Generator().manual_seed(0))
-    g = torch.Generator().manual_seed(0)
-    torch.randn(3, 8, 10, generator=g)
-    d2 = p.sample(obs, steps=5, eta=1.0, generator=torch.Generator().manual_seed(1))
+    # the same start noise with different generators: eta=0 draws nothing after x_T, eta=1 does
+    x_t = torch.randn(3, 8, 10, generator=torch.Generator().manual_seed(9))
+    c1 = p.sample(obs, steps=5, eta=0.0, noise=x_t, generator=torch.Generator().manual_seed(1))
+    c2 = p.sample(obs, steps=5, eta=0.0, noise=x_t, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(c1, c2)
+    d1 = p.sample(obs, steps=5, eta=1.0, noise=x_t, generator=torch.Generator().manual_seed(1))
+    d2 = p.sample(obs, steps=5, eta=1.0, noise=x_t, generator=torch.Generator().manual_seed(2))
     assert not torch.allclose(d1, d2)
+    assert not torch.allclose(d1, c1)  # the step noise is not multiplied away
 
+
+def test_per_row_generators_make_each_sample_independent_of_the_batch():
+    """Evaluation draws each env's noise from its own generator: a row's noise does not depend on
+    which other envs are in the batch (its chunk then differs only by float32 batched-matmul
+    rounding, ~1e-7 here), and different rows get different noise."""
+    p = DiffusionPolicy(small_cfg(), normalizer()).eval()
+    obs = batch(b=3)
+    gens = lambda: [torch.Generator().manual_seed(s) for s in (11, 12, 13)]  # noqa: E731
+    noise = p._randn((3, 8, 10), "cpu", gens())
+    assert torch.equal(noise[1], p._randn((1, 8, 10), "cpu", [torch.Generator().manual_seed(12)])[0])
+    full = p.act(obs, generator=gens())
+    alone = p.act({k: v[1:2] for k, v in obs.items()}, generator=[torch.Generator().manual_seed(12)])
+    np.testing.assert_allclose(full[1:2], alone, atol=1e-5)
+    assert not np.allclose(full[0], full[1], atol=1e-3)
+    with pytest.raises(ValueError, match="generators"):
+        p.act(obs, generator=gens()[:2])
 
 
 def test_given_start_noise_fixes_the_ddim_chunk():
@@ -211,8 +228,14 @@ def test_obs_history_pads_new_episodes():
     h.reset({"state": np.array([[1.0], [10.0]])})
     s = h.add({"state": np.array([[2.0], [11.0]])})
     np.testing.assert_array_equal(s["state"][:, :, 0], [[1, 2], [10, 11]])
-    h.reset({"state": np.array([[3.0], [99.0]])}, envs=np.array([1]))
+    h.reset({"state": np.array([[3.0], [99.0]])}, mask=np.array([False, True]))
     np.testing.assert_array_equal(h.stacked()["state"][:, :, 0], [[1, 2], [99, 99]])
+    h.add({"state": np.array([[4.0], [5.0]])}, mask=np.array([True, False]))  # only env 0 stepped
+    np.testing.assert_array_equal(h.stacked()["state"][:, :, 0], [[2, 4], [99, 99]])
+    t = ObsHistory(3, ["state"])  # the same code on torch tensors (GPU backends)
+    t.reset({"state": torch.tensor([[1.0], [2.0]])})
+    t.add({"state": torch.tensor([[5.0], [6.0]])}, mask=torch.tensor([False, True]))
+    assert t.stacked()["state"][:, :, 0].tolist() == [[1, 1, 1], [2, 2, 6]]
 
 
 def random_poses(n, seed):
