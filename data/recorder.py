@@ -48,9 +48,12 @@ class VectorRecorder:
     def __init__(self, writer: EpisodeWriter, n_envs: int, obs_keys: list[str] | None = None):
         self.recorders = [EpisodeRecorder(writer, obs_keys) for _ in range(n_envs)]
 
-    def add(self, obs: Mapping[str, np.ndarray], actions: np.ndarray, rewards: np.ndarray) -> None:
+    def add(self, obs: Mapping[str, np.ndarray], actions: np.ndarray, rewards: np.ndarray,
+            rows: np.ndarray | None = None) -> None:
+        """One step of every env (or of the envs where `rows` is True: the others did not step)."""
         for i, rec in enumerate(self.recorders):
-            rec.add({k: v[i] for k, v in obs.items()}, actions[i], float(rewards[i]))
+            if rows is None or rows[i]:
+                rec.add({k: v[i] for k, v in obs.items()}, actions[i], float(rewards[i]))
 
     def __getitem__(self, i: int) -> EpisodeRecorder:
         return self.recorders[i]

@@ -98,7 +98,9 @@ class EvalConfig:
     n_workers: int = 2
     ddim_steps: int | None = 5  # None: the policy's diffusion.ddim_steps
     video: bool = True
-    evaluator: str = "sim.evaluate:evaluate_policy"
+    # a factory (hydra cfg, n_envs, n_workers) -> callable(policy, episodes, ddim_steps, video_dir) -> dict
+    # with close(); wired by config so policy/ never imports sim/
+    evaluator: str = "sim.evaluate:SimEvaluation"
 
 
 @dataclass
@@ -264,6 +266,7 @@ class _IndexStream(torch.utils.data.Sampler):
 class Trainer:
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg  # the Hydra config: eval.evaluator reads its simulation groups
+        self._evaluator = None
         self.config = c = TrainConfig.from_hydra(cfg)
         self.out = Path(c.out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -490,11 +493,18 @@ class Trainer:
         e = self.config.eval
         if not e.every or self.rank != 0:
             return None
-        evaluator = hydra.utils.get_method(e.evaluator.replace(":", "."))
+        if self._evaluator is None:  # built once: its envs (and GL contexts) serve every evaluation
+            factory = hydra.utils.get_method(e.evaluator.replace(":", "."))
+            self._evaluator = factory(self.cfg, n_envs=e.n_envs, n_workers=e.n_workers)
         video_dir = self.out / "videos" / f"step_{self.step}" if e.video else None
         self.ema.model.eval()
-        return evaluator(self.ema.model, self.cfg, episodes=e.episodes, n_envs=e.n_envs, n_workers=e.n_workers,
-                         ddim_steps=e.ddim_steps, video_dir=video_dir)
+        return self._evaluator(self.ema.model, episodes=e.episodes, ddim_steps=e.ddim_steps, video_dir=video_dir)
+
+    def close(self) -> None:
+        """Release the evaluation envs (worker processes); `train` does it when it returns."""
+        if self._evaluator is not None:
+            self._evaluator.close()
+            self._evaluator = None
 
     def train(self) -> dict[str, Any]:
         from tqdm import tqdm
@@ -552,6 +562,7 @@ class Trainer:
                 if self.step % tc.save_every == 0:
                     self.save(f"step_{self.step}.pt")
         bar.close()
+        self.close()
         if writer is not None:
             plot_history(self.history, self.out / "learning_curve.png")
             writer.image("learning_curve", self.out / "learning_curve.png", self.step)

@@ -43,7 +43,8 @@ class EnvConfig:
     workspace_low: tuple[float, float, float] = (0.3, -0.55, -0.02)  # robot base frame
     workspace_high: tuple[float, float, float] = (0.8, 0.55, 0.4)
     gripper_max_width: float = 0.08
-    max_joint_velocity: float = 100.0  # rad/s or m/s on any dof: beyond it the simulation has blown up
+    max_joint_velocity: float = 1000.0  # rad/s or m/s on any dof: beyond it the simulation has blown up
+    # (the thread follower turns 668 rad per m of travel, so a fast legitimate screw reaches ~100)
     render: RenderConfig = field(default_factory=RenderConfig)
     visual_randomization: VisualRandomization = field(default_factory=VisualRandomization)
     ik: IKConfig = field(default_factory=IKConfig)

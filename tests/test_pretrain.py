@@ -135,7 +135,8 @@ def test_eval_policy_tool_takes_the_obs_setup_from_the_checkpoint(tmp_path):
                                          "obs=pixel"])  # the checkpoint is state-only: overridden
     summary = run(cfg, tmp_path)
     assert summary["obs"] == "state"
-    assert summary["episodes"] == 2 and summary["success_rate"] == 0.0
+    assert summary["n_episodes"] == 2 and summary["success_rate"] == 0.0
+    assert [e["seed"] for e in summary["episodes"]] == [cfg.seed, cfg.seed + 1]
     assert set(summary["milestone_rates"]) >= {"leg_lifted", "thread_engaged"}
     assert (tmp_path / "summary.json").exists()
 
@@ -320,11 +321,11 @@ def test_evaluation_env_observes_what_the_policy_was_trained_on(tmp_path):
     tiny_pixel_dataset(tmp_path / "px.zarr")
     state = Trainer(cfg_for(tmp_path, tmp_path / "s", ["obs=pixel"]))
     assert state.cfg.obs.mode == "pixel"
-    env_cfg = env_config_for(state.pcfg, state.cfg)
+    env_cfg = env_config_for(state.policy, state.cfg)
     assert env_cfg.obs.mode == "state" and env_cfg.env.include_parts
     assert state.cfg.obs.mode == "pixel"  # not modified
     pixel = Trainer(pixel_cfg_for(tmp_path, tmp_path / "p", ["obs.cameras=[wrist,front]"]))
-    pixel_env = env_config_for(pixel.pcfg, {**pixel.cfg, "obs": {"mode": "state", "cameras": [], "image_hw": [96, 96]}})
+    pixel_env = env_config_for(pixel.policy, {**pixel.cfg, "obs": {"mode": "state", "cameras": [], "image_hw": [96, 96]}})
     assert pixel_env.obs.mode == "pixel" and list(pixel_env.obs.image_hw) == [16, 16]
     assert list(pixel_env.obs.cameras) == ["wrist", "front"]
 

@@ -4,14 +4,16 @@
     python tools/collect_demos.py source=keyboard             # teleoperate one env in a window
     python tools/collect_demos.py n=20 resume=true            # append to an existing dataset
 
-Scripted collection runs the expert in `env.n_envs` parallel envs; each episode's seed is
-recorded, so `env.reset(seed=...)` replays its initial state. Nothing already written is lost
+Scripted collection runs the expert in `env.n_envs` parallel envs through the shared rollout
+loop (`sim.rollout.run_episodes`); episode seeds run `seed, seed + 1, ...` and each is recorded:
+the expert's and the DART noise are seeded from it, so `env.reset(seed=...)` plus the seed
+replays the episode. Nothing already written is lost
 if the collector is interrupted: finished episodes are committed one by one.
 """
 from __future__ import annotations
 
+import itertools
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +25,9 @@ from tqdm import tqdm
 from data.episodes import EpisodeDataset, EpisodeWriter
 from data.recorder import EpisodeRecorder, VectorRecorder
 from data.schema import ActionSchema
-from sim.experts.one_leg import ExpertConfig, ExpertPool
-from sim.make import env_config_from_hydra, make_env, make_vector_env_from_hydra
+from sim.experts.one_leg import ExpertConfig, ExpertPolicy
+from sim.make import env_config_from_hydra, make_env, make_from_hydra
+from sim.rollout import run_episodes
 
 log = logging.getLogger("collect_demos")
 
@@ -75,54 +78,77 @@ def perturb_actions(actions: np.ndarray, state: np.ndarray, rng: np.random.Gener
     return out.astype(np.asarray(actions).dtype)
 
 
+class DARTExpert:
+    """The scripted expert whose executed actions carry DART noise (`perturb_actions`), seeded
+    per episode from the episode seed; `labels` keeps the clean actions of the last query."""
+
+    def __init__(self, expert: ExpertPolicy, pos_std: float, rot_std_deg: float, full_speed: float):
+        self.expert, self.pos_std, self.rot_std_deg, self.full_speed = expert, pos_std, rot_std_deg, full_speed
+        self.obs_keys, self.obs_history, self.act_steps = expert.obs_keys, expert.obs_history, expert.act_steps
+        self.rngs = [np.random.default_rng() for _ in range(len(expert.pool.experts))]
+        self.labels: np.ndarray | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.pos_std > 0 or self.rot_std_deg > 0
+
+    def begin_episodes(self, mask: np.ndarray, seeds: np.ndarray) -> None:
+        self.expert.begin_episodes(mask, seeds)
+        for i in np.flatnonzero(mask):
+            self.rngs[i] = np.random.default_rng([int(seeds[i]), 7])
+
+    def act(self, obs: dict[str, np.ndarray], generator=None) -> np.ndarray:
+        self.labels = self.expert.act(obs, generator)
+        if not self.enabled:
+            return self.labels
+        state = obs["state"][:, -1]
+        return np.stack([perturb_actions(self.labels[i], state[i:i + 1], self.rngs[i], self.pos_std,
+                                         self.rot_std_deg, self.full_speed) for i in range(len(state))])
+
+
+def first_seed(writer: EpisodeWriter, base: int) -> int:
+    """Episode seeds run base, base + 1, ...; a resumed dataset continues after its largest."""
+    seeds = np.asarray(writer.group["meta"]["seed"][:]) if writer.n_episodes else np.zeros(0, np.int64)
+    return int(max(base - 1, int(seeds.max()) if seeds.size else base - 1)) + 1
+
+
 def collect_scripted(cfg: DictConfig) -> dict[str, Any]:
-    envs = make_vector_env_from_hydra(cfg, n_envs=min(int(cfg.env.n_envs), int(cfg.n)))
-    n_envs = envs.num_envs
-    try:
+    n = int(cfg.n)
+    with make_from_hydra(cfg, n_envs=min(int(cfg.env.n_envs), n)) as envs:
+        n_envs = envs.num_envs
         schema = envs.call("obs_schema")[0]
         writer = open_writer(cfg, dataset_attrs(cfg, schema, envs.call("camera_info")[0]))
-        start_count = writer.n_episodes
-        # continue the seed stream after what a resumed dataset already holds
-        seed = int(cfg.seed) + 1_000_003 * start_count
-        experts = ExpertPool(n_envs, ExpertConfig(**OmegaConf.to_container(cfg.expert)), seed=seed)
-        recorder = VectorRecorder(writer, n_envs, obs_keys=list(schema.specs()))
-        obs, infos = envs.reset(seed=seed)
-        episode_seeds = np.asarray(infos["episode_seed"]).copy()
-        for i in range(n_envs):
-            experts.reset(i, seed=int(episode_seeds[i]))
-        noise_rng = np.random.default_rng([int(cfg.seed), start_count, 7])
         pcfg = cfg.perturb
-        written, successes, finished, steps, t0 = 0, 0, 0, 0, time.perf_counter()
-        with tqdm(total=int(cfg.n), desc=f"{cfg.source} demos", unit="ep") as bar:
-            while written < cfg.n:
-                actions = experts.act(obs)
-                executed = actions
-                if pcfg.pos_std > 0 or pcfg.rot_std_deg > 0:
-                    executed = perturb_actions(actions, obs["state"], noise_rng, float(pcfg.pos_std),
-                                               float(pcfg.rot_std_deg), float(cfg.expert.max_speed))
-                prev_obs = obs  # the vector env returns fresh arrays every step
-                obs, rewards, terminated, truncated, infos = envs.step(executed)
-                recorder.add(prev_obs, actions, rewards)  # the label is the expert's clean action
-                steps += n_envs
-                for i in np.flatnonzero(terminated | truncated):
-                    final = infos["final_info"][i]
-                    ok = bool(final["success"])
-                    finished += written < cfg.n  # attempts while the quota was open
-                    if (ok or cfg.keep_failures) and written < cfg.n:
-                        recorder[i].finish(success=ok, source="scripted", seed=int(episode_seeds[i]),
-                                           operator="scripted_expert", env_index=int(i), notes=cfg.notes)
-                        written += 1
-                        successes += ok
-                        bar.update(1)
-                        bar.set_postfix(success=f"{successes / written:.2f}")
-                    else:
-                        recorder[i].discard()
-                    episode_seeds[i] = int(infos["episode_seed"][i])
-                    experts.reset(int(i), seed=int(episode_seeds[i]))
-    finally:
-        envs.close()
-    return {"episodes_written": written, "successes": successes, "episodes_finished": finished, "env_steps": steps,
-            "wall_s": time.perf_counter() - t0}
+        expert = DARTExpert(ExpertPolicy(n_envs, ExpertConfig(**OmegaConf.to_container(cfg.expert))),
+                            float(pcfg.pos_std), float(pcfg.rot_std_deg), float(cfg.expert.max_speed))
+        recorder = VectorRecorder(writer, n_envs, obs_keys=list(schema.specs()))
+        stats = {"episodes_written": 0, "successes": 0, "episodes_finished": 0}
+        bar = tqdm(total=n, desc=f"{cfg.source} demos", unit="ep")
+
+        def on_chunk(obs, chunk, step, active) -> bool:
+            # one action per query: obs[:, -1] is what it was chosen from; the label is the clean action
+            recorder.add({k: v[:, -1] for k, v in obs.items()}, expert.labels[:, 0], step.reward, rows=active)
+            for i in np.flatnonzero(step.infos["done"] & active):
+                ok = bool(step.infos["success"][i])
+                open_quota = stats["episodes_written"] < n
+                stats["episodes_finished"] += open_quota  # attempts while the quota was open
+                if (ok or cfg.keep_failures) and open_quota:
+                    recorder[i].finish(success=ok, source="scripted", seed=int(step.infos["episode_seed"][i]),
+                                       operator="scripted_expert", env_index=int(i), notes=cfg.notes)
+                    stats["episodes_written"] += 1
+                    stats["successes"] += ok
+                    bar.update(1)
+                    bar.set_postfix(success=f"{stats['successes'] / stats['episodes_written']:.2f}")
+                else:
+                    recorder[i].discard()
+            return stats["episodes_written"] >= n
+
+        try:
+            result = run_episodes(envs, expert, itertools.count(first_seed(writer, int(cfg.seed))),
+                                  on_chunk=on_chunk, per_episode_noise=False)
+        finally:
+            bar.close()
+    return {**stats, "env_steps": result.env_steps, "wall_s": result.wall_s}
 
 
 def teleoperate(cfg: DictConfig) -> dict[str, Any]:

@@ -4,7 +4,8 @@
 
 Prints the success rate and the milestone rates (how far episodes got), writes summary.json and
 videos to the Hydra run directory. The observation setup comes from the checkpoint, so a pixel
-policy is rolled out with its cameras and image size without further flags.
+policy is rolled out with its cameras and image size without further flags. Episode k runs on
+seed `seed + k` with its own denoising noise: the figures do not depend on env.n_envs.
 """
 from __future__ import annotations
 
@@ -13,30 +14,25 @@ import logging
 from pathlib import Path
 
 import hydra
-import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 import policy as policy_pkg
-from sim.evaluate import env_config_for, evaluate_policy
+from sim.evaluate import env_config_for, evaluate, make_evaluator
 
 log = logging.getLogger("eval_policy")
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:
     pi = policy_pkg.load(cfg.checkpoint, use_ema=bool(cfg.use_ema), device=policy_pkg.resolve_device(str(cfg.device)))
-    cfg = env_config_for(pi.cfg, cfg)
-    res = evaluate_policy(pi, cfg, episodes=int(cfg.episodes), n_envs=int(cfg.env.n_envs),
-                          n_workers=int(cfg.env.n_workers), ddim_steps=int(cfg.ddim_steps), seed=int(cfg.seed),
-                          video_dir=out_dir if cfg.video.enabled else None, video_episodes=int(cfg.video.episodes),
-                          progress=True)
-    lengths = [e["length"] for e in res["episodes"] if e["success"]]
+    cfg = env_config_for(pi, cfg)
+    episodes = int(cfg.episodes)
+    with make_evaluator(pi, cfg, n_envs=min(int(cfg.env.n_envs), episodes), n_workers=int(cfg.env.n_workers)) as ev:
+        res = evaluate(ev, pi, episodes, seed=int(cfg.seed), ddim_steps=int(cfg.ddim_steps),
+                       video_dir=out_dir if cfg.video.enabled else None, video_episodes=int(cfg.video.episodes),
+                       progress=True)
     summary = {"checkpoint": str(cfg.checkpoint), "task": cfg.task.name, "randomness": cfg.task.randomness,
-               "obs": cfg.obs.mode, "episodes": len(res["episodes"]), "seed": int(cfg.seed),
-               "ddim_steps": int(cfg.ddim_steps), "success_rate": res["success_rate"],
-               "milestone_rates": res["milestone_rates"],
-               "mean_success_length": float(np.mean(lengths)) if lengths else None,
-               "wall_s": res["wall_s"], "per_episode": res["episodes"],
+               "obs": cfg.obs.mode, "seed": int(cfg.seed), "ddim_steps": int(cfg.ddim_steps), **res.summary(),
                "videos": sorted(str(p) for p in out_dir.glob("*.mp4"))}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -46,7 +42,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
 def main(cfg: DictConfig) -> None:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     s = run(cfg, out_dir)
-    n = s["episodes"]
+    n = s["n_episodes"]
     print(f"\n{s['checkpoint']} on {s['task']} ({s['randomness']}, obs={s['obs']}, DDIM {s['ddim_steps']})")
     print(f"  {'success':<16}{s['success_rate']:.2f}  ({round(s['success_rate'] * n)}/{n})")
     for name, rate in s["milestone_rates"].items():
@@ -54,6 +50,7 @@ def main(cfg: DictConfig) -> None:
             print(f"  {name:<16}{rate:.2f}")
     if s["mean_success_length"]:
         print(f"  {'steps (success)':<16}{s['mean_success_length']:.0f}")
+    print(f"  {'env-steps/s':<16}{s['env_steps_per_s']:.0f}")
     print(f"  summary         {out_dir / 'summary.json'}")
 
 

@@ -423,3 +423,24 @@ class ExpertPool:
         n = len(self.experts)
         return np.stack([self.experts[i].act({"state": obs["state"][i], "parts": obs["parts"][i]})
                          for i in range(n)])
+
+
+class ExpertPolicy:
+    """The scripted expert behind the chunk-policy interface (`sim.api.ChunkPolicy`), so it
+    runs in the same rollout loop as learned policies: one action per query (act_steps 1),
+    no history, per-episode noise seeded by the episode seed (a demo is replayable from it)."""
+
+    obs_keys = ("state", "parts")
+    obs_history = 1
+    act_steps = 1
+
+    def __init__(self, n_envs: int, cfg: ExpertConfig = ExpertConfig()):
+        self.pool = ExpertPool(n_envs, cfg)
+
+    def begin_episodes(self, mask: np.ndarray, seeds: np.ndarray) -> None:
+        for i in np.flatnonzero(mask):
+            self.pool.reset(int(i), seed=int(seeds[i]))
+
+    def act(self, obs: dict[str, np.ndarray], generator=None) -> np.ndarray:
+        """(N, 1, ...) observations -> (N, 1, 10) actions."""
+        return self.pool.act({k: obs[k][:, -1] for k in self.obs_keys})[:, None]
