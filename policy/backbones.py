@@ -34,7 +34,7 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"backbone weights not found: {path} (weights are never downloaded; "
-                                f"point policy.timm.weights at a local file)")
+                                f"point policy.obs.timm_weights at a local file)")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 

@@ -1,7 +1,7 @@
 """Environment configuration shared by every backend (filled from Hydra's `env`/`sim`/`task`)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from sim.control.ik import IKConfig

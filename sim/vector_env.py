@@ -456,7 +456,12 @@ class _VectorEnvBase:
 
 
 class SyncVectorEnv(_VectorEnvBase):
-    """All envs in this process, one after another: for debugging (pdb works) and n_workers=0."""
+    """All envs in this process, one after another: for debugging (pdb works) and n_workers=0.
+
+    The envs share this process's numpy BLAS. Workers start theirs single-threaded; OpenBLAS
+    started multi-threaded rounds the IK solves differently in the last bits (even when limited
+    to one thread later), so in-process episodes match worker episodes bit for bit only when
+    this process was started with OPENBLAS_NUM_THREADS=1."""
 
     def __init__(self, env_fns: Sequence[EnvFn], obs_history: int = 1):
         if not env_fns:
