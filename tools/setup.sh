@@ -27,6 +27,13 @@ _pixel_dppo_setup() (
   .venv/bin/python -m pip install -q --upgrade pip
   echo "[setup] pip install -e .[dev]"
   .venv/bin/python -m pip install -q -e ".[dev]"
+  # A .venv made before the MuJoCo 4 move holds the monolithic 3.x wheel; pip's upgrade to the
+  # split 4.x packages (mujoco + mujoco-core + mujoco-studio) can leave the bindings missing.
+  if ! .venv/bin/python -c "import mujoco" >/dev/null 2>&1; then
+    echo "[setup] repairing the MuJoCo install (3.x -> 4.x upgrade)"
+    .venv/bin/python -m pip install -q --force-reinstall --no-deps "mujoco==4.0.0" "mujoco-core==4.0.0" \
+      "mujoco-studio==4.0.0"
+  fi
   # furniture-bench ships the square_table meshes; its own dependencies need gym 0.21.
   .venv/bin/python -m pip install -q --no-deps furniture-bench==0.1
   .venv/bin/python -c "import mujoco, sim.assets as a; print('[setup] ok: mujoco', mujoco.__version__, '| furniture-bench assets at', a.furniture_bench_asset_dir())"

@@ -2,7 +2,8 @@
 
 Actions come from the scripted expert (so contacts, grasps and the thread are exercised,
 not an idle arm); only time inside `envs.step` counts. robosuite's Lift (Panda, two 96x96
-cameras when pixel) is measured in the same run as a yardstick.
+cameras when pixel) is measured in the same run as a yardstick, in its own interpreter with
+MuJoCo 3.9 (robosuite's own envs break on 4.0; `bash tools/bench/setup_lift_venv.sh`).
 
     python tools/bench/sim_throughput.py                  # full table, writes JSON + markdown rows
     python tools/bench/sim_throughput.py --steps 50 --envs 1 2 --modes state
@@ -13,8 +14,8 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import time
-from functools import partial
 from pathlib import Path
 
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -22,33 +23,34 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import numpy as np  # noqa: E402
 
 from sim.config import EnvConfig  # noqa: E402
-from sim.experts.one_leg import ExpertPool  # noqa: E402
-from sim.make import make_env  # noqa: E402
-from sim.vector_env import make_vector_env  # noqa: E402
+from sim.experts.one_leg import ExpertPolicy  # noqa: E402
+from sim.make import make  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def bench_one_leg(mode: str, n_envs: int, n_workers: int, steps: int, warmup: int = 10) -> dict:
     cfg = EnvConfig(obs_mode=mode, randomness="low")
-    fns = [partial(make_env, "mujoco", cfg) for _ in range(n_envs)]
-    envs = make_vector_env(fns, n_workers)
-    try:
-        experts = ExpertPool(n_envs, seed=0)
-        obs, _ = envs.reset(seed=0)
-        for _ in range(warmup):
-            obs, _, term, trunc, _ = envs.step(experts.act(obs))
-            for i in np.flatnonzero(term | trunc):
-                experts.reset(int(i))
-        before = envs.call("timings")
-        t_step = 0.0
-        for _ in range(steps):
-            actions = experts.act(obs)
+    envs = make(cfg, n_envs, n_workers=n_workers)
+    expert = ExpertPolicy(n_envs)
+
+    def run(n: int, obs):
+        t = 0.0
+        for _ in range(n):
+            actions = expert.act(obs)
             t0 = time.perf_counter()
-            obs, _, term, trunc, _ = envs.step(actions)
-            t_step += time.perf_counter() - t0
-            for i in np.flatnonzero(term | trunc):
-                experts.reset(int(i))
+            step = envs.step(actions)
+            t += time.perf_counter() - t0
+            expert.begin_episodes(step.infos["done"], step.infos["next_episode_seed"])
+            obs = step.obs
+        return obs, t
+
+    try:
+        obs, infos = envs.reset(seed=0)
+        expert.begin_episodes(np.ones(n_envs, bool), infos["episode_seed"])
+        obs, _ = run(warmup, obs)
+        before = envs.call("timings")
+        obs, t_step = run(steps, obs)
         after = envs.call("timings")
     finally:
         envs.close()
@@ -61,36 +63,20 @@ def bench_one_leg(mode: str, n_envs: int, n_workers: int, steps: int, warmup: in
             "env_steps_per_s": env_steps / t_step, "ms_per_env_step": parts}
 
 
-def bench_robosuite_lift(mode: str, steps: int) -> dict:
-    from sim.tasks.one_leg.scene import quiet_robosuite
-
-    with quiet_robosuite():
-        import robosuite
-        from robosuite.controllers import load_composite_controller_config
-
-    pixel = mode == "pixel"
-    with quiet_robosuite():
-        env = _make_lift(robosuite, load_composite_controller_config, pixel)
-    rng = np.random.default_rng(0)
-    with quiet_robosuite():
-        env.reset()
-    low, high = env.action_spec
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        env.step(rng.uniform(low, high) * 0.3)
-    dt = time.perf_counter() - t0
-    env.close()
-    return {"sim": "robosuite Lift (yardstick)", "mode": mode, "n_envs": 1, "n_workers": 1,
-            "env_steps_per_s": steps / dt, "ms_per_env_step": {}}
-
-
-def _make_lift(robosuite, load_composite_controller_config, pixel: bool):
-    return robosuite.make(
-        "Lift", robots="Panda", controller_configs=load_composite_controller_config(controller="BASIC", robot="Panda"),
-        has_renderer=False, has_offscreen_renderer=pixel, use_camera_obs=pixel,
-        camera_names=["frontview", "robot0_eye_in_hand"], camera_heights=96, camera_widths=96,
-        control_freq=10, horizon=10_000, ignore_done=True,
-    )
+def bench_robosuite_lift(mode: str, steps: int, python: Path | None) -> dict | None:
+    """robosuite's Lift in its own interpreter: its environments break on MuJoCo 4 (which this
+    project pins), so the yardstick runs in a small venv with mujoco 3.9 + robosuite 1.5.2
+    (tools/bench/setup_lift_venv.sh). Returns None, with the reason printed, when there is none."""
+    if python is None or not Path(python).exists():
+        print(f"robosuite Lift yardstick skipped: no interpreter at {python} (robosuite's own envs break on "
+              "MuJoCo 4.0; create one with `bash tools/bench/setup_lift_venv.sh`)", flush=True)
+        return None
+    out = subprocess.run([str(python), str(ROOT / "tools" / "bench" / "robosuite_lift.py"), mode, str(steps)],
+                         capture_output=True, text=True, env={**os.environ, "MUJOCO_GL": os.environ["MUJOCO_GL"]})
+    if out.returncode != 0:
+        print(f"robosuite Lift yardstick failed:\n{out.stderr[-2000:]}", flush=True)
+        return None
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -100,6 +86,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=150, help="control steps per configuration")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--no-robosuite", action="store_true")
+    ap.add_argument("--lift-python", type=Path, default=ROOT / ".venv-lift" / "bin" / "python",
+                    help="interpreter with mujoco 3.9 + robosuite 1.5.2 for the Lift yardstick")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "bench" / "sim_throughput.json")
     args = ap.parse_args()
 
@@ -109,11 +97,16 @@ def main() -> None:
             rows.append(bench_one_leg(mode, n, min(args.workers, n), args.steps))
             _print_row(rows[-1])
         if not args.no_robosuite:
-            rows.append(bench_robosuite_lift(mode, max(20, args.steps // 3)))
-            _print_row(rows[-1])
+            lift = bench_robosuite_lift(mode, max(20, args.steps // 3), args.lift_python)
+            if lift is not None:
+                rows.append(lift)
+                _print_row(rows[-1])
     machine = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
                "processor": platform.processor() or platform.machine()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    import mujoco
+
+    machine["mujoco"] = mujoco.__version__
     args.out.write_text(json.dumps({"machine": machine, "steps": args.steps, "rows": rows}, indent=2))
     print(f"\nwrote {args.out}")
 
