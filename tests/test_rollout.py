@@ -88,3 +88,24 @@ def test_history_lengths_must_agree():
     with make_vector_env([functools.partial(CountdownEnv, succeed_at=2)], 0, obs_history=1) as envs:
         with pytest.raises(ValueError, match="keep 1 observations"):
             run_episodes(envs, RecordingPolicy(), [1])
+
+
+def test_the_pixel_reference_policy_runs_through_the_evaluator(tmp_path):
+    """Rendered image histories (N, 2, 96, 96, 3) go from the workers' shared memory to the ViT
+    policy and its chunks back, reproducibly; a video of env 0's first episode is written."""
+    import policy as policy_pkg
+    from sim.evaluate import evaluate, make_evaluator
+    from tests.conftest import compose_config
+
+    pi = policy_pkg.load("checkpoints/one_leg_pixel_bc.pt")
+    cfg = compose_config("eval_policy", ["checkpoint=x", "task.max_episode_steps=6"])
+    shown = []
+    act = pi.act
+    pi.act = lambda obs, **kw: (shown.append({k: v.shape for k, v in obs.items()}), act(obs, **kw))[1]
+    with make_evaluator(pi, cfg, n_envs=2, n_workers=2) as ev:
+        a = evaluate(ev, pi, episodes=2, video_dir=tmp_path, video_episodes=1)
+        b = evaluate(ev, pi, episodes=2)
+    assert shown[0] == {"state": (2, 2, 10), "rgb/front": (2, 2, 96, 96, 3), "rgb/wrist": (2, 2, 96, 96, 3)}
+    assert [e.length for e in a.episodes] == [6, 6]
+    assert [e.to_dict() for e in a.episodes] == [e.to_dict() for e in b.episodes]
+    assert (tmp_path / "policy_ep0.mp4").stat().st_size > 1000
