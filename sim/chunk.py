@@ -28,7 +28,7 @@ class StepOut(NamedTuple):
 
     obs: the observation after the step; for envs that finished, the next episode's first one.
     final_obs: the finished episode's last observation (rows where terminated | truncated).
-    infos: (N,) arrays (see `VectorEnv` for the keys).
+    infos: (N,) arrays, fresh every sub-step (see `VectorEnv` for the keys).
     """
 
     obs: dict[str, Array]
@@ -73,10 +73,11 @@ def _zeros(like: Array, n: int, dtype: str) -> Array:
 
 
 def _merge(into: dict[str, Array], infos: Mapping[str, Array], rows: Array) -> None:
-    """Copy rows `rows` of each info array into the chunk-level infos (allocated on first use)."""
+    """Copy rows `rows` of each info array into the chunk-level infos; the first sub-step's
+    arrays are taken over (a stepper returns fresh info arrays every sub-step)."""
     for key, value in infos.items():
         if key not in into:
-            into[key] = value.copy() if isinstance(value, np.ndarray) else value.clone()
+            into[key] = value
         else:
             into[key][rows] = value[rows]
 

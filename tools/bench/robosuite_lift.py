@@ -24,6 +24,8 @@ def main(mode: str, steps: int) -> None:
     rng = np.random.default_rng(0)
     env.reset()
     low, high = env.action_spec
+    for _ in range(10):  # warm-up: robosuite's numba kernels compile on first use
+        env.step(rng.uniform(low, high) * 0.3)
     t0 = time.perf_counter()
     for _ in range(steps):
         env.step(rng.uniform(low, high) * 0.3)
