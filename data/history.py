@@ -17,13 +17,18 @@ import numpy as np
 Array = Any  # np.ndarray or torch.Tensor
 
 
-def _all(mask: Array | None, n: int) -> Array:
-    return np.ones(n, dtype=bool) if mask is None else mask
+def _every_row(mask: Array | None) -> bool:
+    return mask is None or bool(mask.all())
 
 
 def push(history: Array, obs: Array, mask: Array | None = None) -> None:
     """Shift env rows `mask` of `history` (N, T, ...) one step and append `obs` (N, ...)."""
-    mask = _all(mask, history.shape[0])
+    if _every_row(mask):  # plain slices: no boolean-index copies (images are most of the bytes)
+        if history.shape[1] > 1:
+            shifted = history[:, 1:]
+            history[:, :-1] = shifted.copy() if isinstance(shifted, np.ndarray) else shifted.clone()
+        history[:, -1] = obs
+        return
     if history.shape[1] > 1:
         history[mask, :-1] = history[mask, 1:]  # a boolean index copies the right-hand side
     history[mask, -1] = obs[mask]
@@ -31,7 +36,9 @@ def push(history: Array, obs: Array, mask: Array | None = None) -> None:
 
 def fill(history: Array, obs: Array, mask: Array | None = None) -> None:
     """Start rows `mask` afresh: every history slot holds `obs` (a new episode's first obs)."""
-    mask = _all(mask, history.shape[0])
+    if _every_row(mask):
+        history[:] = obs[:, None]
+        return
     history[mask] = obs[mask][:, None]
 
 
