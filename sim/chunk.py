@@ -109,15 +109,16 @@ def execute_chunk(stepper: MaskedStepper, history: ObsHistory, final_history: Ob
         reward[running] += out.reward[running]
         executed[running] += 1
         done = running & (out.terminated | out.truncated)
+        any_done = bool(done.any())  # once: on a GPU each .any() is a device sync
         # the observation this sub-step produced: the true last one where an episode ended
         produced = {key: out.obs[key] for key in history.keys}
-        if done.any():
+        if any_done:
             for key in history.keys:
                 produced[key] = produced[key].copy() if isinstance(produced[key], np.ndarray) \
                     else produced[key].clone()
                 produced[key][done] = out.final_obs[key][done]
         history.add(produced, mask=running)
-        if done.any():
+        if any_done:
             for key in history.keys:
                 final_history.buffers[key][done] = history.buffers[key][done]
             history.reset(out.obs, mask=done)

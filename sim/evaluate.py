@@ -2,8 +2,9 @@
 
 A thin layer over `sim.rollout`: it builds the env the policy was trained for (its cameras and
 image size, or state only, so nothing is rendered for a state policy) and runs the policy
-with DDIM at eta 0 on the seeds `seed, seed + 1, ...`. Each episode depends on its seed only,
-so figures are comparable across machines, env counts and worker counts.
+with DDIM at eta 0 on the seeds `seed, seed + 1, ...`. Episodes are named by their seeds, so a
+run is reproducible for a given env count (see `sim.rollout` for why a learned policy's single
+episodes can differ across env counts while its rates agree).
 """
 from __future__ import annotations
 
@@ -74,19 +75,3 @@ class SimEvaluation:
         if self.evaluator is not None:
             self.evaluator.close()
             self.evaluator = None
-
-
-def evaluate_policy(policy: ChunkPolicy, cfg: Mapping[str, Any], episodes: int = 8, n_envs: int = 4,
-                    n_workers: int = 2, ddim_steps: int | None = None, seed: int = 100_000,
-                    video_dir: str | Path | None = None, video_episodes: int = 1, progress: bool = False,
-                    evaluator: Evaluator | None = None) -> dict[str, Any]:
-    """One evaluation as a plain dict (pretraining's `eval.evaluator` hook). Pass `evaluator`
-    to reuse its envs across calls; otherwise envs are built for this call and closed."""
-    own = evaluator is None
-    evaluator = evaluator or make_evaluator(policy, cfg, min(n_envs, episodes), n_workers)
-    try:
-        return evaluate(evaluator, policy, episodes, seed, ddim_steps, video_dir, video_episodes,
-                        progress).summary()
-    finally:
-        if own:
-            evaluator.close()

@@ -14,7 +14,6 @@ end differently at another env count while success rates agree statistically.
 from __future__ import annotations
 
 import itertools
-import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,8 +23,6 @@ import numpy as np
 
 from sim.api import ChunkPolicy, VectorEnv
 from sim.chunk import ChunkStep
-
-log = logging.getLogger(__name__)
 
 MILESTONE_PREFIX = "milestones/"
 # on_chunk(obs, chunk, step, active) -> True to stop: obs are the (N, To, ...) histories the

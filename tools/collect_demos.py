@@ -108,8 +108,9 @@ class DARTExpert:
 
 def first_seed(writer: EpisodeWriter, base: int) -> int:
     """Episode seeds run base, base + 1, ...; a resumed dataset continues after its largest."""
-    seeds = np.asarray(writer.group["meta"]["seed"][:]) if writer.n_episodes else np.zeros(0, np.int64)
-    return int(max(base - 1, int(seeds.max()) if seeds.size else base - 1)) + 1
+    if not writer.n_episodes:
+        return base
+    return max(base, int(np.max(writer.group["meta"]["seed"][:])) + 1)
 
 
 def collect_scripted(cfg: DictConfig) -> dict[str, Any]:
