@@ -180,15 +180,19 @@ class DiffusionPolicy(nn.Module):
     def sample_chain(self, obs: Mapping[str, torch.Tensor], steps: int | None = None, eta: float | None = None,
                      ft_steps: int | None = None, min_std: float = 0.0, noise_clip: float | None = None,
                      generator=None, deterministic: bool = False, noise: torch.Tensor | None = None,
-                     cond: torch.Tensor | None = None) -> "ChainSample":
+                     cond: torch.Tensor | None = None, base: "DiffusionPolicy | None" = None,
+                     log_prob: "LogProbSpec | None" = None) -> "ChainSample":
         """DDIM-sample action chunks, keeping the denoising chain DPPO treats as a policy.
 
         The last `ft_steps` (K', default all) of the `steps` (K) DDIM steps are the policy's
         Gaussian steps: x_{k+1} ~ N(mean, max(sigma, min_std)) with the standard-normal draw
-        clipped to +-`noise_clip`; `deterministic` takes the means (evaluation). Returns the
-        normalised chain (B, K'+1, H, A) - x before the first policy step and after each one,
-        the last clamped to the action range - and the decoded absolute actions from now on
-        (B, H - To + 1, A). `noise` optionally gives the start sample x_T (B, H, A).
+        clipped to +-`noise_clip`; `deterministic` takes the means (evaluation). The earlier
+        K - K' steps run `base` (the frozen pretrained policy, when fine-tuning only the last
+        steps; default: this policy), which is evaluated only there. Returns the normalised
+        chain (B, K'+1, H, A) - x before the first policy step and after each one, the last
+        clamped to the action range - the decoded absolute actions from now on
+        (B, H - To + 1, A) and, when `log_prob` is given, each policy step's log-probability
+        (B, K') as `chain_log_prob` computes it. `noise` optionally gives x_T (B, H, A).
         """
         steps = steps or self.cfg.diffusion.ddim_steps
         eta = self.cfg.diffusion.ddim_eta if eta is None else float(eta)
@@ -203,28 +207,61 @@ class DiffusionPolicy(nn.Module):
         x = self._randn(shape, cond.device, generator) if noise is None else noise
         ts = self.schedule.ddim_timesteps(steps)
         first_ft = steps - ft_steps
-        chain = []
+        base_cond = None
+        chain, log_probs = [], []
         for i, t in enumerate(ts):
             if i == first_ft:
                 chain.append(x)
             t_prev = ts[i + 1] if i + 1 < len(ts) else -1
             tt = torch.full((b,), t, device=x.device, dtype=torch.long)
-            mean, sigma = self.schedule.ddim_step(self.denoiser(x, tt, cond), x, t, t_prev, eta)
             policy_step = i >= first_ft
+            if policy_step or base is None:
+                out = self.denoiser(x, tt, cond)
+            else:
+                base_cond = base.condition(obs) if base_cond is None else base_cond
+                out = base.denoiser(x, tt, base_cond)
+            mean, sigma = self.schedule.ddim_step(out, x, t, t_prev, eta)
             std = sigma.clamp(min=min_std) if policy_step and min_std > 0 else sigma
             if deterministic or (eta == 0 and not (policy_step and min_std > 0)):
-                x = mean
+                x_next = mean
             else:
                 z = self._randn(shape, x.device, generator)
                 if noise_clip is not None:
                     z = z.clamp(-noise_clip, noise_clip)
-                x = mean + std * z
+                x_next = mean + std * z
             if i == len(ts) - 1:
-                x = x.clamp(-1, 1)
+                x_next = x_next.clamp(-1, 1)
             if policy_step:
-                chain.append(x)
+                chain.append(x_next)
+                if log_prob is not None:
+                    log_probs.append(self.step_log_prob(mean, sigma, x_next, log_prob))
+            x = x_next
         chain_t = torch.stack(chain, dim=1)
-        return ChainSample(chain_t, self.decode_actions(x, obs)[:, self.cfg.exec_start:])
+        lp = torch.stack(log_probs, dim=1) if log_prob is not None else None
+        return ChainSample(chain_t, self.decode_actions(x, obs)[:, self.cfg.exec_start:], lp)
+
+    def step_log_prob(self, mean: torch.Tensor, sigma: torch.Tensor, x_next: torch.Tensor,
+                      spec: "LogProbSpec") -> torch.Tensor:
+        """log N(x_next; mean, max(sigma, min_std)) per element, clamped, over the executed
+        actions only, averaged (DPPO's default) or summed: (B,)."""
+        std = sigma.clamp(min=spec.min_std)
+        logp = torch.distributions.Normal(mean, std).log_prob(x_next).clamp(*spec.clamp)
+        logp = logp[:, self.cfg.exec_start:self.cfg.exec_start + self.cfg.act_steps]
+        return logp.mean(dim=(1, 2)) if spec.reduce == "mean" else logp.sum(dim=(1, 2))
+
+    def transition_log_prob(self, obs: Mapping[str, torch.Tensor] | None, x: torch.Tensor, x_next: torch.Tensor,
+                            t: torch.Tensor, t_prev: torch.Tensor, eta: float, spec: "LogProbSpec",
+                            cond: torch.Tensor | None = None) -> torch.Tensor:
+        """Log-probabilities (B,) of single denoising steps x -> x_next, one (t, t_prev) pair per
+        row (DPPO's minibatches mix steps of different chains); differentiable."""
+        cond = self.condition(obs) if cond is None else cond
+        mean, sigma = self.schedule.ddim_step(self.denoiser(x, t, cond), x, t, t_prev, eta)
+        return self.step_log_prob(mean, sigma, x_next, spec)
+
+    def policy_timesteps(self, steps: int, ft_steps: int) -> tuple[list[int], list[int]]:
+        """The (t, t_prev) of each of the last `ft_steps` DDIM steps (t_prev -1: the clean sample)."""
+        ts = self.schedule.ddim_timesteps(steps)[steps - ft_steps:]
+        return ts, ts[1:] + [-1]
 
     def chain_log_prob(self, obs: Mapping[str, torch.Tensor], chain: torch.Tensor, steps: int | None = None,
                        eta: float = 1.0, min_std: float = 0.1, clamp: tuple[float, float] = (-5.0, 2.0),
@@ -236,29 +273,21 @@ class DiffusionPolicy(nn.Module):
         the executed actions only (exec_start .. exec_start + act_steps) and averaged (DPPO's
         default) or summed (`reduce="sum"`) over them.
         """
-        if reduce not in ("mean", "sum"):
-            raise ValueError(f"reduce must be 'mean' or 'sum', got '{reduce}'")
+        spec = LogProbSpec(min_std, tuple(clamp), reduce)
         steps = steps or self.cfg.diffusion.ddim_steps
         b, k1 = chain.shape[:2]
         ft_steps = k1 - 1
         if not 1 <= ft_steps <= steps:
             raise ValueError(f"a chain of {k1} states needs 1..{steps} policy steps")
         cond = self.condition(obs) if cond is None else cond
-        ts = self.schedule.ddim_timesteps(steps)[steps - ft_steps:]
-        t_prev = ts[1:] + [-1]
+        ts, t_prev = self.policy_timesteps(steps, ft_steps)
         device = chain.device
         t = torch.tensor(ts, device=device).repeat(b)  # (B * K',), chain-major
         tp = torch.tensor(t_prev, device=device).repeat(b)
         x = chain[:, :-1].reshape(b * ft_steps, *chain.shape[2:])
         nxt = chain[:, 1:].reshape_as(x)
         c = cond.repeat_interleave(ft_steps, dim=0)
-        mean, sigma = self.schedule.ddim_step(self.denoiser(x, t, c), x, t, tp, eta)
-        std = sigma.clamp(min=min_std)
-        logp = torch.distributions.Normal(mean, std).log_prob(nxt).clamp(*clamp)
-        a, e = self.cfg.exec_start, self.cfg.exec_start + self.cfg.act_steps
-        logp = logp[:, a:e]
-        logp = logp.mean(dim=(1, 2)) if reduce == "mean" else logp.sum(dim=(1, 2))
-        return logp.view(b, ft_steps)
+        return self.transition_log_prob(None, x, nxt, t, tp, eta, spec, cond=c).view(b, ft_steps)
 
     @torch.no_grad()
     def sample(self, obs: Mapping[str, torch.Tensor], steps: int | None = None, eta: float | None = None,
@@ -306,8 +335,24 @@ class DiffusionPolicy(nn.Module):
 
 
 class ChainSample(NamedTuple):
-    """`sample_chain`'s result: the normalised denoising chain (B, K'+1, H, A) and the decoded
-    absolute actions from the current step on (B, H - To + 1, A)."""
+    """`sample_chain`'s result: the normalised denoising chain (B, K'+1, H, A), the decoded
+    absolute actions from the current step on (B, H - To + 1, A) and, when asked for, the
+    policy steps' log-probabilities (B, K')."""
 
     chain: torch.Tensor
     actions: torch.Tensor
+    log_prob: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class LogProbSpec:
+    """How a denoising step's log-probability is taken: std floor (DPPO: 0.1, separate from
+    the sampling floor), per-element clamp, and mean (DPPO) or sum over the executed actions."""
+
+    min_std: float = 0.1
+    clamp: tuple[float, float] = (-5.0, 2.0)
+    reduce: str = "mean"
+
+    def __post_init__(self) -> None:
+        if self.reduce not in ("mean", "sum"):
+            raise ValueError(f"reduce must be 'mean' or 'sum', got '{self.reduce}'")
