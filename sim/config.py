@@ -45,6 +45,8 @@ class EnvConfig:
     gripper_max_width: float = 0.08
     max_joint_velocity: float = 1000.0  # rad/s or m/s on any dof: beyond it the simulation has blown up
     # (the thread follower turns 668 rad per m of travel, so a fast legitimate screw reaches ~100)
+    start_states: str | None = None  # .npz of recorded sim states (sim.start_states) episodes may start from
+    start_state_prob: float = 1.0  # probability an episode starts from one of them instead of the standard reset
     render: RenderConfig = field(default_factory=RenderConfig)
     visual_randomization: VisualRandomization = field(default_factory=VisualRandomization)
     ik: IKConfig = field(default_factory=IKConfig)

@@ -98,11 +98,29 @@ def env_config_from_hydra(cfg: Mapping[str, Any]) -> EnvConfig:
         "visual_randomization": dict(sim["visual_randomization"]),
         "render": {**dict(sim["render"]), "cameras": list(obs["cameras"]), "image_hw": list(obs["image_hw"])},
         "obs_mode": obs["mode"],
+        # optional: configs saved before start states existed lack the keys
+        "start_states": _absolute(task.get("start_states")),
+        "start_state_prob": task.get("start_state_prob", 1.0),
     }
     for key in ("include_joints", "include_parts", "max_pos_step", "workspace_low", "workspace_high",
                 "gripper_max_width", "max_joint_velocity"):
         data[key] = env[key]
     return from_mapping(EnvConfig, _plain(data))
+
+
+def _absolute(path: str | None) -> str | None:
+    """A relative path against the directory the program was started in (Hydra's original
+    working directory when it changed into its output directory, else the current one)."""
+    if path is None:
+        return None
+    import os
+
+    try:
+        from hydra.utils import to_absolute_path
+
+        return to_absolute_path(os.path.expanduser(str(path)))
+    except ImportError:  # pragma: no cover
+        return os.path.abspath(os.path.expanduser(str(path)))
 
 
 def _plain(x):

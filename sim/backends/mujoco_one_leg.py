@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Mapping
 
 import gymnasium as gym
 import mujoco
@@ -37,6 +37,12 @@ HAND_DOWN_ROT = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, -1.0]])
 REST_Q = np.array([0.0, 0.2, 0.0, -2.2, 0.0, 2.4, 0.785])
 # Extra IK seeds: hand pitched toward the base (low, near), hand down reaching far.
 IK_SEEDS = (np.array([0.2, 1.1, 0.2, -1.4, 0.0, 0.9, 0.9]), np.array([0.0, 0.6, 0.0, -1.8, 0.0, 2.4, 0.785]))
+# MjData's share of a sim state: what mj_step integrates from (mjSTATE_INTEGRATION: time, qpos,
+# qvel, act, the solver's warm start, ctrl, applied forces, eq_active, mocap, userdata, plugin
+# state and, in MuJoCo 4, the delay history). Everything else in MjData is derived from these.
+PHYSICS_FIELDS = tuple(f for f in ("time", "qpos", "qvel", "act", "qacc_warmstart", "ctrl", "qfrc_applied",
+                                   "xfrc_applied", "eq_active", "mocap_pos", "mocap_quat", "userdata",
+                                   "plugin_state", "history") if hasattr(mujoco.MjData, f))
 
 
 class OneLegMujocoEnv(gym.Env):
@@ -96,6 +102,10 @@ class OneLegMujocoEnv(gym.Env):
         self.episode_seed = -1
         self._q_target = self.home_q.copy()
         self.steps = 0
+        self.start_state = -1  # index of the recorded start state this episode began from, -1: none
+        self._start_states = None  # loaded at the first reset that needs them
+        if cfg.start_states is not None and not 0.0 <= cfg.start_state_prob <= 1.0:
+            raise ValueError(f"start_state_prob must be in [0, 1], got {cfg.start_state_prob}")
         self.timings = {"physics": 0.0, "ik": 0.0, "render": 0.0, "thread": 0.0}
 
     # --- setup -------------------------------------------------------------------------
@@ -184,8 +194,66 @@ class OneLegMujocoEnv(gym.Env):
         self._warning_counts = tuple(int(self.data.warning[w].number) for w in _INSTABILITY_WARNINGS)
         self.steps = 0
         self.reached = {m: False for m in T.MILESTONES}  # latched over the episode
+        self.start_state = -1
+        if self.cfg.start_states is not None:
+            self._reset_from_start_states()
         obs = self._observe()
         return obs, self._info(success=False)
+
+    def _reset_from_start_states(self) -> None:
+        """With probability start_state_prob continue a recorded state instead (both draws from
+        the episode's generator, after the standard reset's: the seed fixes the episode). The
+        episode gets the full time limit (steps 0) and keeps the milestones the state had reached."""
+        if self._start_states is None:
+            from sim.start_states import StartStates
+
+            states = StartStates.load(self.cfg.start_states)
+            states.check_compatible(self.model)
+            self._start_states = states
+        if self._rng.random() < self.cfg.start_state_prob:
+            index = int(self._rng.integers(len(self._start_states)))
+            self.set_sim_state(self._start_states[index])
+            self.steps = 0
+            self.start_state = index
+
+    # --- sim state: snapshot / restore ---------------------------------------------------
+    def get_sim_state(self) -> dict[str, np.ndarray]:
+        """Everything an episode continues from: MjData's integration state (PHYSICS_FIELDS), the
+        servo target the next step interpolates from, the IK's cooldown, the thread (engaged hole,
+        its eq_data rows, the free geoms' collision bits), the latched milestones and the step
+        count. `set_sim_state` of it in another env of the same model replays the episode bit
+        for bit. Visual randomisation is not part of it (it belongs to the episode's seed)."""
+        d = self.data
+        state = {f: np.array(getattr(d, f), copy=True) for f in PHYSICS_FIELDS}
+        state["q_target"] = np.array(self._q_target, dtype=np.float64, copy=True)
+        state["ik_cooldown"] = np.array(self.ik.get_state()["cooldown"], dtype=np.int64)
+        state.update({f"thread_{k}": v for k, v in self.thread.get_state().items()})
+        state["reached"] = np.array([self.reached[m] for m in T.MILESTONES], dtype=bool)
+        state["steps"] = np.array(self.steps, dtype=np.int64)
+        return state
+
+    def set_sim_state(self, state: Mapping[str, np.ndarray]) -> None:
+        """Restore a `get_sim_state` snapshot (this env's seed stream and visuals stay its own)."""
+        d = self.data
+        for f in PHYSICS_FIELDS:
+            if f not in state:
+                raise KeyError(f"sim state lacks '{f}' (recorded with another MuJoCo version?)")
+            value = np.asarray(state[f])
+            if f == "time":
+                d.time = float(value)
+                continue
+            target = getattr(d, f)
+            if value.shape != target.shape:
+                raise ValueError(f"sim state '{f}' has shape {value.shape}, this model's is {target.shape}")
+            target[...] = value
+        self._q_target = np.array(state["q_target"], dtype=np.float64, copy=True)
+        self.ik.set_state({"cooldown": int(state["ik_cooldown"])})
+        self.thread.set_state({k[len("thread_"):]: v for k, v in state.items() if k.startswith("thread_")})
+        self.reached = {m: bool(v) for m, v in zip(T.MILESTONES, np.asarray(state["reached"]))}
+        self.steps = int(state["steps"])
+        mujoco.mj_forward(self.model, self.data)  # derived quantities (poses, contacts) for observing
+        # the divergence check compares against the counts from here on
+        self._warning_counts = tuple(int(d.warning[w].number) for w in _INSTABILITY_WARNINGS)
 
     def step(self, action: np.ndarray):
         action = np.asarray(action, dtype=np.float64)
@@ -324,6 +392,7 @@ class OneLegMujocoEnv(gym.Env):
             "thread_depth": self.thread.slide(h) if h >= 0 else float("nan"),
             "steps": self.steps,
             "episode_seed": self.episode_seed,
+            "start_state": self.start_state,
         }
 
     def camera_info(self) -> dict[str, dict[str, Any]]:

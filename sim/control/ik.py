@@ -98,6 +98,14 @@ class DifferentialIK:
     def reset(self) -> None:
         self._cooldown = 0
 
+    def get_state(self) -> dict[str, int]:
+        """What the solver carries from one control step to the next (the retry cooldown); the
+        scratch MjData holds nothing across solves (every solve sets the arm joints it reads)."""
+        return {"cooldown": int(self._cooldown)}
+
+    def set_state(self, state: dict[str, int]) -> None:
+        self._cooldown = int(state["cooldown"])
+
     def _solve_from(self, target_pos, target_rot, q_init, iterations: int) -> tuple[np.ndarray, float]:
         cfg = self.cfg
         q = np.clip(np.asarray(q_init, dtype=np.float64).copy(), self.lower, self.upper)

@@ -88,6 +88,29 @@ class ThreadModel:
             self.model.geom_contype[g] = ct
             self.model.geom_conaffinity[g] = ca
 
+    def get_state(self) -> dict[str, np.ndarray]:
+        """The thread's state outside MjData: the engaged hole, the model fields `engage` writes
+        (its equalities' eq_data rows: the weld's relative pose, the coupling's phase) and the
+        free geoms' collision bits. (eq_active lives in MjData and travels with its state.)"""
+        eqs = self.weld_eq + self.coupling_eq
+        return {
+            "engaged_hole": np.array(self.engaged_hole, dtype=np.int64),
+            "eq_data": self.model.eq_data[eqs].copy(),
+            "contype": self.model.geom_contype[self.free_geoms].copy(),
+            "conaffinity": self.model.geom_conaffinity[self.free_geoms].copy(),
+        }
+
+    def set_state(self, state: dict[str, np.ndarray]) -> None:
+        eqs = self.weld_eq + self.coupling_eq
+        eq_data = np.asarray(state["eq_data"], dtype=np.float64)
+        want = self.model.eq_data[eqs].shape
+        if eq_data.shape != want:
+            raise ValueError(f"thread eq_data has shape {eq_data.shape}, the model's is {want}")
+        self.model.eq_data[eqs] = eq_data
+        self.model.geom_contype[self.free_geoms] = state["contype"]
+        self.model.geom_conaffinity[self.free_geoms] = state["conaffinity"]
+        self.engaged_hole = int(state["engaged_hole"])
+
     def update(self) -> bool:
         """Call once per control step after physics; returns True if the thread state changed."""
         if self.engaged_hole >= 0:
