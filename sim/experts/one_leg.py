@@ -10,6 +10,11 @@ it over the free hole and lower it until its thread stop rests on the rim; relea
 then grasp from above and twist clockwise in 90-degree strokes (release, turn back,
 regrasp) until the thread engages and the leg is seated. Waypoints get small random
 offsets and speeds vary per episode, so demos are diverse.
+
+An episode's first action picks the phase from the scene (`_phase_start`): the standard reset
+(leg lying) starts with the pushing; an episode started from a state recorded mid-task
+(`sim.start_states`, e.g. the leg standing upright or engaged in the thread) picks up where the
+expert was when it was recorded.
 """
 from __future__ import annotations
 
@@ -60,7 +65,7 @@ class OneLegExpert:
 
     def reset(self, seed: int | None = None) -> None:
         self.rng = np.random.default_rng(seed)
-        self.phase = "push_x"
+        self.phase = "start"
         self.sub = 0
         self.t_phase = 0
         self.hold = None
@@ -109,6 +114,34 @@ class OneLegExpert:
         self._parse(obs)
         self.t_phase += 1
         return getattr(self, f"_phase_{self.phase}")()
+
+    def _phase_start(self) -> np.ndarray:
+        """The first action: continue in the phase that fits the scene (t_phase and sub as a
+        phase's first call sees them, so a standard reset's episode is the push_x one)."""
+        self.phase = self._entry_phase()
+        return getattr(self, f"_phase_{self.phase}")()
+
+    def _entry_phase(self) -> str:
+        if self._leg_lying():
+            return "push_x"  # the standard reset; the pushes skip a top already in its corner
+        upright = self._leg_axis()[2] > np.cos(np.radians(15.0))
+        in_hand = self._leg_in_hand()
+        if not upright:  # lifted or tilted: turn it peg-down, or let go and start over
+            return "reorient" if in_hand else "recover"
+        if self._leg_in_hole():
+            return "twist" if in_hand else "twist_grasp"
+        if in_hand:  # being stood up: lower it onto the table, let go, regrasp from above
+            self.reorient_rot = self.ee_rot.copy()
+            return "stand"
+        self.sub = 2  # standing free on the table: hand up, then regrasp and insert
+        return "stand"
+
+    def _leg_in_hole(self) -> bool:
+        """The peg is in a hole of the top, at most a little above the thread's engagement height."""
+        rel = self.top_rot.T @ (self.leg_pos - self.top_pos)
+        holes = G.hole_centres_local()
+        lateral = np.hypot(holes[:, 0] - rel[0], holes[:, 2] - rel[2]).min()
+        return bool(lateral < 0.005 and rel[1] - G.SEATED_Y < G.ENGAGE_HEIGHT + 0.01)
 
     def _push(self, axis: int, sign: float, next_phase: str) -> np.ndarray:
         """Push the top along world `axis` (0 x, 1 y) in direction `sign` to its corner coordinate."""
