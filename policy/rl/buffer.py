@@ -30,12 +30,15 @@ def obs_specs(obs: Mapping[str, np.ndarray], keys) -> dict[str, ObsSpec]:
 
 class RolloutBuffer:
     def __init__(self, n_steps: int, n_envs: int, specs: Mapping[str, ObsSpec], chain_shape: tuple[int, ...],
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", n_log_probs: int | None = None):
+        """chain_shape: what the agent stores per env step (DPPO: the chain (K'+1, H, A));
+        n_log_probs: log-probabilities per env step (DPPO: K', default chain_shape[0] - 1)."""
         self.n_steps, self.n_envs, self.device = int(n_steps), int(n_envs), torch.device(device)
         t, n = self.n_steps, self.n_envs
         self.obs = {k: torch.zeros((t, n, *s.shape), dtype=s.dtype, device=self.device) for k, s in specs.items()}
         self.chains = torch.zeros((t, n, *chain_shape), dtype=torch.float32, device=self.device)
-        self.sample_log_probs = torch.zeros((t, n, chain_shape[0] - 1), dtype=torch.float32, device=self.device)
+        k = chain_shape[0] - 1 if n_log_probs is None else int(n_log_probs)
+        self.sample_log_probs = torch.zeros((t, n, k), dtype=torch.float32, device=self.device)
         self.rewards = torch.zeros((t, n), dtype=torch.float32, device=self.device)
         self.terminated = torch.zeros((t, n), dtype=torch.bool, device=self.device)
         self.truncated = torch.zeros((t, n), dtype=torch.bool, device=self.device)

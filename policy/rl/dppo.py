@@ -142,6 +142,15 @@ class DPPOAgent:
 
     # --- rollouts ------------------------------------------------------------------------
     @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """What a rollout stores per env step to recompute log-probs: the chain (K'+1, H, A)."""
+        return (self.chain.ft_steps + 1, self.actor.horizon, self.actor.action_dim)
+
+    @property
+    def n_log_probs(self) -> int:
+        return self.chain.ft_steps
+
+    @property
     def obs_keys(self) -> tuple[str, ...]:
         keys = list(self.actor.obs_keys)
         keys += [k for k in self.critic.obs_keys if k not in keys]
@@ -339,6 +348,17 @@ class DPPOAgent:
         return all(torch.isfinite(t).all() for t in (*self.actor.parameters(), *self.critic.parameters()))
 
     # --- persistence ---------------------------------------------------------------------
+    def save(self, path, train_state: Mapping[str, Any], schema: Mapping[str, Any] | None,
+             meta: Mapping[str, Any]):
+        """The fine-tuned actor in the pretrained checkpoints' format (`load_policy`,
+        `tools/eval_policy.py` and `real/deploy.py` read it), the training state beside it."""
+        from policy.checkpoint import save_checkpoint
+
+        return save_checkpoint(path, self.actor, train_state=train_state, schema=schema, meta=meta)
+
+    def load_actor(self, payload: Mapping[str, Any]) -> None:
+        self.actor.load_state_dict(payload["model"])
+
     def state_dict(self) -> dict[str, Any]:
         return {"critic": self.critic.state_dict(), "critic_extra": self.critic.extra_state(),
                 "actor_opt": self.actor_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(),
