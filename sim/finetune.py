@@ -229,12 +229,13 @@ class Finetuner:
         self.out = Path(c.out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         self.device = resolve_device(c.device)
-        torch.manual_seed(c.seed + self.rank)
-        np.random.seed(c.seed + self.rank)
+        torch.manual_seed(c.seed)  # the same initial critic on every rank
         self.iteration, self.env_steps, self.history = 0, 0, []
         self.seeds = SeedStream(c.train.train_seed + self.rank * 10_000_000)
         self.rollout_gen = torch.Generator().manual_seed(c.seed * 1000 + self.rank)
         self.agent = self._build_agent()
+        torch.manual_seed(c.seed + self.rank)
+        np.random.seed(c.seed + self.rank)
         self.scaler = RunningRewardScaler(int(cfg.env.n_envs), c.train.reward_scale_gamma, c.train.reward_clip) \
             if c.train.reward_scale else None
         self._resume()
@@ -288,7 +289,23 @@ class Finetuner:
         return make_from_hydra(env_cfg, obs_history=self.agent.actor.obs_history)
 
     # --- persistence ---
+    def check_ranks_agree(self) -> None:
+        """Data-parallel ranks must hold identical weights (same initial weights, averaged
+        gradients, same optimiser steps); a fingerprint of every parameter is compared."""
+        if self.world == 1:
+            return
+        import torch.distributed as dist
+
+        params = [*self.agent.actor.parameters(), *self.agent.critic.parameters()]
+        mine = torch.stack([torch.stack([p.double().sum(), (p.double() ** 2).sum()]) for p in params]).flatten()
+        gathered = [torch.zeros_like(mine) for _ in range(self.world)]
+        dist.all_gather(gathered, mine)
+        if not all(torch.equal(g, gathered[0]) for g in gathered):
+            raise RuntimeError("data-parallel ranks hold different weights")
+        log.info("all %d ranks hold identical weights (iteration %d)", self.world, self.iteration)
+
     def save(self, name: str = "last.pt") -> Path | None:
+        self.check_ranks_agree()
         if self.rank != 0:
             return None
         if not self.agent.weights_finite():

@@ -280,7 +280,7 @@ class DPPOAgent:
             if p.bc_coef > 0:
                 bc = self._bc_loss(obs, cond)
                 loss = loss + p.bc_coef * bc
-        if not torch.isfinite(loss):
+        if not self._all_ranks_true(bool(torch.isfinite(loss))):  # every rank skips together
             return self._skip("loss")
         self.actor_opt.zero_grad(set_to_none=True)
         self.critic_opt.zero_grad(set_to_none=True)
@@ -314,6 +314,15 @@ class DPPOAgent:
                 prm.grad = torch.zeros_like(prm)
             dist.all_reduce(prm.grad, op=dist.ReduceOp.SUM)
             prm.grad /= self.world_size
+
+    def _all_ranks_true(self, flag: bool) -> bool:
+        if self.world_size == 1:
+            return flag
+        import torch.distributed as dist
+
+        t = torch.tensor([1 if flag else 0], dtype=torch.int32)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return bool(t.item())
 
     def _mean_over_ranks(self, value: float) -> float:
         if self.world_size == 1:
