@@ -201,14 +201,29 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return payload
 
 
-def load_policy(path: str | os.PathLike, use_ema: bool = True, device: str | torch.device = "cpu"):
-    """A ready-to-act DiffusionPolicy (eval mode) from a checkpoint file."""
-    from policy.diffusion_policy import DiffusionPolicy, PolicyConfig
+def policy_classes(config: Mapping[str, Any]) -> tuple[type, type]:
+    """(policy class, config class) a checkpoint's config names by `policy_class`; without
+    the key (every diffusion checkpoint) the diffusion policy."""
+    kind = config.get("policy_class", "diffusion")
+    if kind == "diffusion":
+        from policy.diffusion_policy import DiffusionPolicy, PolicyConfig
 
+        return DiffusionPolicy, PolicyConfig
+    if kind == "gaussian":
+        from policy.gaussian_policy import GaussianPolicy, GaussianPolicyConfig
+
+        return GaussianPolicy, GaussianPolicyConfig
+    raise CheckpointError(f"unknown policy_class {kind!r} (this code knows 'diffusion', 'gaussian')")
+
+
+def load_policy(path: str | os.PathLike, use_ema: bool = True, device: str | torch.device = "cpu"):
+    """A ready-to-act policy (eval mode) from a checkpoint file: a DiffusionPolicy, or the
+    class its config's `policy_class` names (`gaussian`: policy.gaussian_policy)."""
     payload = load_checkpoint(path, map_location=device)
+    policy_cls, config_cls = policy_classes(payload["config"])
     try:
-        cfg = PolicyConfig.from_dict(payload["config"])
-        policy = DiffusionPolicy(cfg, Normalizer.from_state_dict(payload["normalizer"]))
+        cfg = config_cls.from_dict(payload["config"])
+        policy = policy_cls(cfg, Normalizer.from_state_dict(payload["normalizer"]))
         policy.load_state_dict(checkpoint_weights(payload, use_ema))
     except (TypeError, KeyError, RuntimeError, ValueError) as e:
         raise CheckpointError(f"checkpoint {path} does not match this code's policy: {e}") from e
