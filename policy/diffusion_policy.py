@@ -34,6 +34,8 @@ class PolicyConfig:
     denoiser: str = "mlp"  # mlp | unet
     action_repr: str = "absolute"  # absolute | relative (to the latest EE pose; see policy.action_repr)
     obs_clip: float = 5.0  # normalised low-dim observations clipped to +-this (as DPPO)
+    frozen_steps: int = 0  # the first this many of diffusion.ddim_steps DDIM steps run `frozen_base`, a
+    # frozen copy of the pretrained weights (DPPO fine-tuning only the last K' = K - frozen_steps steps)
     mlp: MLPDenoiserConfig = field(default_factory=MLPDenoiserConfig)
     unet: UNetDenoiserConfig = field(default_factory=UNetDenoiserConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
@@ -93,6 +95,29 @@ class DiffusionPolicy(nn.Module):
         else:
             raise ValueError(f"denoiser must be 'mlp' or 'unet', got '{cfg.denoiser}'")
         self.schedule = NoiseSchedule(cfg.diffusion)
+        self.frozen_base: DiffusionPolicy | None = None
+        if cfg.frozen_steps:
+            if not 0 < cfg.frozen_steps < cfg.diffusion.ddim_steps:
+                raise ValueError(f"frozen_steps must be in 0..{cfg.diffusion.ddim_steps - 1}, got {cfg.frozen_steps}")
+            from dataclasses import replace
+
+            self.frozen_base = DiffusionPolicy(replace(cfg, frozen_steps=0), normalizer).requires_grad_(False)
+
+    def freeze_early_steps(self, ddim_steps: int, ft_steps: int) -> "DiffusionPolicy":
+        """Fine-tune only the last `ft_steps` of `ddim_steps` DDIM steps: the earlier ones run a
+        frozen copy of the current weights from now on, kept inside this policy (and its
+        checkpoints), so evaluation and deployment sample exactly the chain that was trained."""
+        from dataclasses import replace
+
+        if ft_steps >= ddim_steps:
+            return self
+        frozen = DiffusionPolicy(replace(self.cfg, frozen_steps=0), self.normalizer)
+        frozen.load_state_dict({k: v for k, v in self.state_dict().items() if not k.startswith("frozen_base.")})
+        frozen.to(next(self.parameters()).device).requires_grad_(False).eval()
+        self.cfg = replace(self.cfg, frozen_steps=ddim_steps - ft_steps,
+                           diffusion=replace(self.cfg.diffusion, ddim_steps=ddim_steps))
+        self.frozen_base = frozen
+        return self
 
     # --- training --------------------------------------------------------------------------
     def condition(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -188,7 +213,8 @@ class DiffusionPolicy(nn.Module):
         Gaussian steps: x_{k+1} ~ N(mean, max(sigma, min_std)) with the standard-normal draw
         clipped to +-`noise_clip`; `deterministic` takes the means (evaluation). The earlier
         K - K' steps run `base` (the frozen pretrained policy, when fine-tuning only the last
-        steps; default: this policy), which is evaluated only there. Returns the normalised
+        steps; default: the policy's own `frozen_base` for its first `frozen_steps` steps, if it
+        has one, else this policy), which is evaluated only there. Returns the normalised
         chain (B, K'+1, H, A) - x before the first policy step and after each one, the last
         clamped to the action range - the decoded absolute actions from now on
         (B, H - To + 1, A) and, when `log_prob` is given, each policy step's log-probability
@@ -207,6 +233,13 @@ class DiffusionPolicy(nn.Module):
         x = self._randn(shape, cond.device, generator) if noise is None else noise
         ts = self.schedule.ddim_timesteps(steps)
         first_ft = steps - ft_steps
+        if base is None and self.frozen_base is not None:
+            if steps != self.cfg.diffusion.ddim_steps:
+                raise ValueError(f"this policy was fine-tuned with {self.cfg.diffusion.ddim_steps} DDIM steps, the "
+                                 f"first {self.cfg.frozen_steps} frozen; it samples with exactly those, not {steps}")
+            base, n_base = self.frozen_base, self.cfg.frozen_steps
+        else:
+            n_base = first_ft if base is not None else 0
         base_cond = None
         chain, log_probs = [], []
         for i, t in enumerate(ts):
@@ -215,7 +248,7 @@ class DiffusionPolicy(nn.Module):
             t_prev = ts[i + 1] if i + 1 < len(ts) else -1
             tt = torch.full((b,), t, device=x.device, dtype=torch.long)
             policy_step = i >= first_ft
-            if policy_step or base is None:
+            if i >= n_base:
                 out = self.denoiser(x, tt, cond)
             else:
                 base_cond = base.condition(obs) if base_cond is None else base_cond
@@ -243,10 +276,12 @@ class DiffusionPolicy(nn.Module):
     def step_log_prob(self, mean: torch.Tensor, sigma: torch.Tensor, x_next: torch.Tensor,
                       spec: "LogProbSpec") -> torch.Tensor:
         """log N(x_next; mean, max(sigma, min_std)) per element, clamped, over the executed
-        actions only, averaged (DPPO's default) or summed: (B,)."""
+        actions (span "executed") or the whole chunk ("chunk"), averaged (DPPO's default) or
+        summed: (B,)."""
         std = sigma.clamp(min=spec.min_std)
         logp = torch.distributions.Normal(mean, std).log_prob(x_next).clamp(*spec.clamp)
-        logp = logp[:, self.cfg.exec_start:self.cfg.exec_start + self.cfg.act_steps]
+        if spec.span == "executed":
+            logp = logp[:, self.cfg.exec_start:self.cfg.exec_start + self.cfg.act_steps]
         return logp.mean(dim=(1, 2)) if spec.reduce == "mean" else logp.sum(dim=(1, 2))
 
     def transition_log_prob(self, obs: Mapping[str, torch.Tensor] | None, x: torch.Tensor, x_next: torch.Tensor,
@@ -265,15 +300,15 @@ class DiffusionPolicy(nn.Module):
 
     def chain_log_prob(self, obs: Mapping[str, torch.Tensor], chain: torch.Tensor, steps: int | None = None,
                        eta: float = 1.0, min_std: float = 0.1, clamp: tuple[float, float] = (-5.0, 2.0),
-                       reduce: str = "mean", cond: torch.Tensor | None = None) -> torch.Tensor:
+                       reduce: str = "mean", cond: torch.Tensor | None = None, span: str = "executed") -> torch.Tensor:
         """Log-probabilities (B, K') of a chain's policy steps under the current weights
         (differentiable; the observation is encoded once).
 
         Each step is N(mean, max(sigma, min_std)) per element, clamped to `clamp`, taken over
         the executed actions only (exec_start .. exec_start + act_steps) and averaged (DPPO's
-        default) or summed (`reduce="sum"`) over them.
+        default) or summed (`reduce="sum"`) over them; `span="chunk"` takes every element.
         """
-        spec = LogProbSpec(min_std, tuple(clamp), reduce)
+        spec = LogProbSpec(min_std, tuple(clamp), reduce, span)
         steps = steps or self.cfg.diffusion.ddim_steps
         b, k1 = chain.shape[:2]
         ft_steps = k1 - 1
@@ -347,12 +382,16 @@ class ChainSample(NamedTuple):
 @dataclass(frozen=True)
 class LogProbSpec:
     """How a denoising step's log-probability is taken: std floor (DPPO: 0.1, separate from
-    the sampling floor), per-element clamp, and mean (DPPO) or sum over the executed actions."""
+    the sampling floor), per-element clamp, mean (DPPO) or sum, over the executed actions or
+    the whole chunk."""
 
     min_std: float = 0.1
     clamp: tuple[float, float] = (-5.0, 2.0)
     reduce: str = "mean"
+    span: str = "executed"  # executed: the executed actions only (the reference) | chunk: every element
 
     def __post_init__(self) -> None:
         if self.reduce not in ("mean", "sum"):
             raise ValueError(f"reduce must be 'mean' or 'sum', got '{self.reduce}'")
+        if self.span not in ("executed", "chunk"):
+            raise ValueError(f"span must be 'executed' or 'chunk', got '{self.span}'")

@@ -131,7 +131,9 @@ def test_frozen_base_runs_the_early_steps_when_only_the_last_is_fine_tuned():
             p.add_(0.05)
         mixed = agent.actor.sample_chain(obs, steps=5, eta=0.0, ft_steps=1, noise=noise, base=agent.base)
         base_only = agent.base.sample_chain(obs, steps=5, eta=0.0, ft_steps=1, noise=noise)
-        actor_only = agent.actor.sample_chain(obs, steps=5, eta=0.0, ft_steps=1, noise=noise)
+        actor_only = agent.actor.sample_chain(obs, steps=5, eta=0.0, ft_steps=1, noise=noise, base=agent.actor)
+        default = agent.actor.sample_chain(obs, steps=5, eta=0.0, ft_steps=1, noise=noise)
+    torch.testing.assert_close(default.chain, mixed.chain, rtol=0, atol=0)  # the actor's own frozen base
     torch.testing.assert_close(mixed.chain[:, 0], base_only.chain[:, 0])  # x before the policy step
     assert not torch.allclose(mixed.chain[:, 0], actor_only.chain[:, 0])
     assert not torch.allclose(mixed.chain[:, 1], base_only.chain[:, 1])  # the policy step is the actor's
@@ -210,3 +212,31 @@ def test_running_reward_scaler_divides_by_the_discounted_return_std():
     s2 = RunningRewardScaler(1, 0.5, 100.0)
     s2.load_state_dict(st)
     torch.testing.assert_close(s2(r, done), s(r, done))
+
+
+def test_a_policy_fine_tuned_on_its_last_step_keeps_its_frozen_early_steps_in_the_checkpoint(tmp_path):
+    from policy.checkpoint import load_policy, obs_schema_for, save_checkpoint, schema_to_dict
+    from data.schema import ActionSchema
+
+    agent = make_agent(ft_steps=1)
+    with torch.no_grad():
+        for p in agent.actor.denoiser.parameters():
+            p.add_(0.05)  # "fine-tuned"
+    assert agent.actor.cfg.frozen_steps == 4 and agent.base is agent.actor.frozen_base
+    assert all(not p.requires_grad for p in agent.actor.frozen_base.parameters())
+    assert len(agent.actor_params) < len(list(agent.actor.parameters()))
+    schema = schema_to_dict(obs_schema_for((), (32, 32), ["state"], 10), ActionSchema())
+    save_checkpoint(tmp_path / "ft.pt", agent.actor, schema=schema)
+    loaded = load_policy(tmp_path / "ft.pt")
+    assert loaded.cfg.frozen_steps == 4 and loaded.frozen_base is not None
+    obs = batch(b=2, cams=())
+    noise = torch.randn(2, 8, 10, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expect = agent.actor.sample_chain(obs, steps=5, eta=0.0, ft_steps=1, noise=noise, base=agent.base).chain
+        all_tuned = agent.actor.sample_chain(obs, steps=5, eta=0.0, ft_steps=1, noise=noise,
+                                             base=agent.actor).chain
+        got = loaded.sample_chain(obs, steps=5, eta=0.0, ft_steps=1, noise=noise).chain
+    torch.testing.assert_close(got, expect, rtol=0, atol=1e-6)
+    assert not torch.allclose(got, all_tuned)
+    with pytest.raises(ValueError, match="exactly those"):
+        loaded.sample_chain(obs, steps=10, eta=0.0)

@@ -46,18 +46,25 @@ class ChainConfig:
     noise_clip: float = 3.0  # standard-normal draws clipped to +-this
     logprob_min_std: float = 0.1  # std floor inside the log-probabilities
     logprob_clamp: tuple[float, float] = (-5.0, 2.0)  # per-element log-prob clamp
-    logprob_reduce: str = "mean"  # mean (DPPO) | sum over the executed actions
+    logprob_reduce: str = "mean"  # mean (DPPO) | sum over the elements of `logprob_span`
+    # Which elements a denoising step's likelihood covers. chunk: all of x_{k+1}, the step's whole
+    # action: its unexecuted entries feed the next denoising step, so leaving them out (executed)
+    # lets them drift unclipped and move the executed actions' distribution through the later
+    # steps. executed: the reference, where horizon = act_steps makes the two the same.
+    logprob_span: str = "chunk"
 
     def __post_init__(self) -> None:
         if not 1 <= self.ft_steps <= self.ddim_steps:
             raise ValueError(f"ft_steps must be in 1..ddim_steps ({self.ddim_steps}), got {self.ft_steps}")
         if self.logprob_reduce not in ("mean", "sum"):
             raise ValueError(f"logprob_reduce must be 'mean' or 'sum', got '{self.logprob_reduce}'")
+        if self.logprob_span not in ("chunk", "executed"):
+            raise ValueError(f"logprob_span must be 'chunk' or 'executed', got '{self.logprob_span}'")
         self.logprob_clamp = tuple(float(c) for c in self.logprob_clamp)
 
     @property
     def spec(self) -> LogProbSpec:
-        return LogProbSpec(self.logprob_min_std, tuple(self.logprob_clamp), self.logprob_reduce)
+        return LogProbSpec(self.logprob_min_std, tuple(self.logprob_clamp), self.logprob_reduce, self.logprob_span)
 
 
 @dataclass
@@ -123,12 +130,21 @@ class DPPOAgent:
         self.world_size = int(world_size)  # > 1: torch.distributed is initialised; gradients are averaged
         self.total_iterations = int(total_iterations)
         self.device = next(actor.parameters()).device
-        needs_base = chain.ft_steps < chain.ddim_steps or ppo.bc_coef > 0
+        # the frozen base exists only where it is used: the K - K' early steps (kept inside the
+        # actor, so its checkpoints sample the same chain) and the optional BC loss
         self.base: DiffusionPolicy | None = None
-        if needs_base:
+        if chain.ft_steps < chain.ddim_steps:
+            if actor.frozen_base is None:
+                actor.freeze_early_steps(chain.ddim_steps, chain.ft_steps)
+            elif actor.cfg.frozen_steps != chain.ddim_steps - chain.ft_steps:
+                raise ValueError(f"the actor already freezes {actor.cfg.frozen_steps} steps; chain.ft_steps "
+                                 f"{chain.ft_steps} of {chain.ddim_steps} would freeze another number")
+            self.base = actor.frozen_base
+        elif ppo.bc_coef > 0:
             self.base = copy.deepcopy(actor).eval().requires_grad_(False)
         self.actor.eval()  # no augmentation/dropout: sampling-time and update-time log-probs agree
-        self.actor_opt = torch.optim.AdamW(self.actor.parameters(), lr=ppo.actor_lr, weight_decay=ppo.weight_decay)
+        self.actor_params = [p for p in self.actor.parameters() if p.requires_grad]
+        self.actor_opt = torch.optim.AdamW(self.actor_params, lr=ppo.actor_lr, weight_decay=ppo.weight_decay)
         self.critic_opt = torch.optim.AdamW(self.critic.parameters(), lr=ppo.critic_lr, weight_decay=ppo.weight_decay)
         self.clips = clip_coefficients(chain.ft_steps, ppo.clip, ppo.clip_base, ppo.clip_rate)
         ts, tps = actor.policy_timesteps(chain.ddim_steps, chain.ft_steps)
@@ -162,7 +178,7 @@ class DPPOAgent:
         c = self.chain
         s = self.actor.sample_chain(obs, steps=c.ddim_steps, eta=c.eta, ft_steps=c.ft_steps, min_std=c.min_std,
                                     noise_clip=c.noise_clip, generator=generator,
-                                    base=self.base if c.ft_steps < c.ddim_steps else None, log_prob=c.spec)
+                                    log_prob=c.spec)
         return orthonormal_actions(s.actions[:, : self.actor.act_steps]), s.chain.float(), s.log_prob
 
     @torch.no_grad()
@@ -181,7 +197,7 @@ class DPPOAgent:
     def _chain_log_prob(self, obs, chains):
         c = self.chain
         return self.actor.chain_log_prob(obs, chains, steps=c.ddim_steps, eta=c.eta, min_std=c.logprob_min_std,
-                                         clamp=c.logprob_clamp, reduce=c.logprob_reduce)
+                                         clamp=c.logprob_clamp, reduce=c.logprob_reduce, span=c.logprob_span)
 
     # --- the PPO update ------------------------------------------------------------------
     def set_learning_rates(self, iteration: int) -> tuple[float, float]:
@@ -287,7 +303,7 @@ class DPPOAgent:
         loss.backward()
         if self.world_size > 1:
             self._all_reduce_grads(train_actor)
-        a_norm = nn.utils.clip_grad_norm_(self.actor.parameters(), p.max_grad_norm) if train_actor else \
+        a_norm = nn.utils.clip_grad_norm_(self.actor_params, p.max_grad_norm) if train_actor else \
             torch.zeros(())
         c_norm = nn.utils.clip_grad_norm_(self.critic.parameters(), p.max_grad_norm)
         if not (torch.isfinite(a_norm) and torch.isfinite(c_norm)):
@@ -308,7 +324,7 @@ class DPPOAgent:
         every rank then takes the same optimiser step, so weights stay identical."""
         import torch.distributed as dist
 
-        params = [*(self.actor.parameters() if train_actor else ()), *self.critic.parameters()]
+        params = [*(self.actor_params if train_actor else ()), *self.critic.parameters()]
         for prm in params:
             if prm.grad is None:
                 prm.grad = torch.zeros_like(prm)
@@ -341,7 +357,8 @@ class DPPOAgent:
             base_chain = self.base.sample_chain(obs, steps=c.ddim_steps, eta=c.eta, ft_steps=c.ft_steps,
                                                 min_std=c.min_std, noise_clip=c.noise_clip).chain
         lp = self.actor.chain_log_prob(obs, base_chain, steps=c.ddim_steps, eta=c.eta, min_std=c.logprob_min_std,
-                                       clamp=c.logprob_clamp, reduce=c.logprob_reduce, cond=cond)
+                                       clamp=c.logprob_clamp, reduce=c.logprob_reduce, cond=cond,
+                                       span=c.logprob_span)
         return -lp.mean()
 
     def _skip(self, what: str) -> None:
@@ -372,7 +389,8 @@ class DPPOAgent:
         return {"critic": self.critic.state_dict(), "critic_extra": self.critic.extra_state(),
                 "actor_opt": self.actor_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(),
                 "generator": self.generator.get_state(), "nonfinite_streak": self.nonfinite_streak,
-                "base": self.base.state_dict() if self.base is not None else None,
+                "base": self.base.state_dict() if self.base is not None and self.base is not self.actor.frozen_base
+                else None,
                 "chain": asdict(self.chain), "ppo": asdict(self.ppo)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
