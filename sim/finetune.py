@@ -39,11 +39,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from data.typed_config import from_mapping
 from policy import resolve_device
-from policy.checkpoint import CheckpointError, load_checkpoint, load_policy, save_checkpoint
+from policy.checkpoint import CheckpointError, load_checkpoint, load_policy
 from policy.rl.buffer import RolloutBuffer, obs_specs, reference_float64_nbytes
 from policy.rl.critic import Critic, CriticConfig
 from policy.rl.dppo import Batch, ChainConfig, DPPOAgent, NonFiniteError, PPOConfig
 from policy.rl.gae import gae, next_values
+from policy.rl.gaussian_ppo import GaussianPPOAgent, GaussianPPOConfig
 from policy.rl.reward_scaler import RunningRewardScaler
 from policy.train_log import TrainLog, WandbConfig
 
@@ -100,6 +101,7 @@ class FinetuneConfig:
     chain: ChainConfig = field(default_factory=ChainConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     critic: CriticConfig = field(default_factory=CriticConfig)
+    gaussian: GaussianPPOConfig = field(default_factory=GaussianPPOConfig)  # method=gaussian only
     eval: FinetuneEvalConfig = field(default_factory=FinetuneEvalConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
@@ -243,12 +245,28 @@ class Finetuner:
         self.evaluator = None
 
     # --- construction ---
-    def _build_agent(self) -> DPPOAgent:
+    def _build_agent(self):
         c = self.cfg
+        if c.method not in ("dppo", "gaussian"):
+            raise ValueError(f"method must be 'dppo' or 'gaussian', got '{c.method}'")
+        if c.method == "gaussian":
+            try:
+                agent = GaussianPPOAgent.from_checkpoint(
+                    c.policy.ckpt, c.critic, c.ppo, c.gaussian, c.train.iterations, seed=c.seed + self.rank,
+                    world_size=self.world, device=self.device, lowdim_widths=None, use_ema=c.policy.use_ema)
+            except CheckpointError as e:
+                raise SystemExit(f"policy.ckpt (method=gaussian): {e}") from e
+            self.base_schema = agent.actor.schema
+            return agent
         try:
             actor = load_policy(c.policy.ckpt, use_ema=c.policy.use_ema, device=self.device)
         except CheckpointError as e:
             raise SystemExit(f"policy.ckpt: {e}") from e
+        from policy.diffusion_policy import DiffusionPolicy
+
+        if not isinstance(actor, DiffusionPolicy):
+            raise SystemExit(f"policy.ckpt {c.policy.ckpt} holds a {type(actor).__name__}; DPPO fine-tunes diffusion "
+                             "policies (method=gaussian for Gaussian ones, e.g. experiment=gaussian_ppo)")
         if c.chain.ddim_steps > actor.schedule.steps:
             raise ValueError(f"chain.ddim_steps {c.chain.ddim_steps} > the policy's {actor.schedule.steps} DDPM steps")
         self.base_schema = actor.schema
@@ -268,7 +286,7 @@ class Finetuner:
         train = payload.get("train") or {}
         if train.get("kind") != "finetune":
             raise CheckpointError(f"{path} is not a fine-tuning checkpoint (no fine-tuning state to resume)")
-        self.agent.actor.load_state_dict(payload["model"])
+        self.agent.load_actor(payload)
         self.agent.load_state_dict(train["agent"])
         if self.scaler is not None and train.get("scaler") is not None:
             self.scaler.load_state_dict(train["scaler"])
@@ -315,10 +333,9 @@ class Finetuner:
                  "seed_next": self.seeds.next, "rollout_gen": self.rollout_gen.get_state(),
                  "torch_rng": torch.get_rng_state(), "history": json.dumps(self.history)}
         meta = {"config": json.dumps(OmegaConf.to_container(self.hcfg, resolve=True)),
-                "note": f"DPPO fine-tuned from {self.cfg.policy.ckpt}: iteration {self.iteration}, "
+                "note": f"{'DPPO' if self.cfg.method == 'dppo' else 'Gaussian PPO'} fine-tuned from {self.cfg.policy.ckpt}: iteration {self.iteration}, "
                         f"{self.env_steps} env steps"}
-        return save_checkpoint(self.out / name, self.agent.actor, train_state=train, schema=self.base_schema,
-                               meta=meta)
+        return self.agent.save(self.out / name, train, self.base_schema, meta)
 
     # --- evaluation ---
     def evaluate(self) -> dict[str, Any]:
@@ -353,9 +370,9 @@ class Finetuner:
         self.envs = self._make_envs()
         obs0, _ = self.envs.reset(seed=0)
         specs = obs_specs(obs0, self.agent.obs_keys)
-        k1 = c.chain.ft_steps + 1
-        chain_shape = (k1, self.agent.actor.horizon, self.agent.actor.action_dim)
-        buf = RolloutBuffer(c.train.n_steps, self.envs.num_envs, specs, chain_shape, self.device)
+        chain_shape = self.agent.sample_shape
+        buf = RolloutBuffer(c.train.n_steps, self.envs.num_envs, specs, chain_shape, self.device,
+                            n_log_probs=self.agent.n_log_probs)
         log.info("rollout buffer %.1f MB (the reference's float64 layout: %.1f MB)", buf.nbytes() / 2**20,
                  reference_float64_nbytes(c.train.n_steps, self.envs.num_envs, specs, chain_shape) / 2**20)
         tlog = TrainLog(self.out, c.wandb, OmegaConf.to_container(self.hcfg, resolve=True)) if self.rank == 0 else None
@@ -367,7 +384,7 @@ class Finetuner:
                      c.eval.episodes)
         stop = c.train.iterations if c.train.chunk_iterations is None else \
             min(c.train.iterations, self.iteration + c.train.chunk_iterations)
-        bar = tqdm(total=c.train.iterations, initial=self.iteration, desc="dppo", unit="it",
+        bar = tqdm(total=c.train.iterations, initial=self.iteration, desc=c.method, unit="it",
                    disable=self.rank != 0)
         try:
             while self.iteration < stop:

@@ -240,3 +240,31 @@ def test_a_policy_fine_tuned_on_its_last_step_keeps_its_frozen_early_steps_in_th
     assert not torch.allclose(got, all_tuned)
     with pytest.raises(ValueError, match="exactly those"):
         loaded.sample_chain(obs, steps=10, eta=0.0)
+
+
+def test_dppo_moves_a_pretrained_chain_toward_the_rewarded_action():
+    """A one-state bandit: reward = -|first executed action dim - 0.5| (normalised). A policy
+    cloned toward 0 must, by DPPO updates alone, move its deterministic (eta 0) action to 0.5."""
+    agent = make_agent(ft_steps=5, ppo=PPOConfig(actor_lr=1e-4, actor_warmup=0, batch_size=640, update_epochs=3, clip=0.01))
+    obs = {k: v[:1].repeat(256, *[1] * (v.dim() - 1)) for k, v in batch(b=1, cams=(), seed=0).items()}
+    g = torch.Generator().manual_seed(0)
+    opt = torch.optim.Adam(agent.actor.parameters(), 1e-3)
+    raw = agent.actor.normalizer.unnormalize("action", 0.05 * torch.randn(256, 8, 10, generator=g))
+    for _ in range(300):  # "pretraining": BC toward the zero action
+        loss = agent.actor.loss(obs, raw)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    def deterministic():
+        with torch.no_grad():
+            return float(agent.actor.sample_chain(obs, steps=5, eta=0.0, noise=torch.zeros(256, 8, 10)).chain[0, -1, 1:5, 0]
+                         .mean())
+
+    before = deterministic()
+    for it in range(10):
+        _, chain, _ = agent.explore(obs, g)
+        r = -(chain[:, -1, 1:5, 0] - 0.5).abs().mean(1)
+        agent.update(Batch(obs=obs, chains=chain, advantages=r - r.mean(), returns=r, values=torch.zeros(256)), it)
+    after = deterministic()
+    assert abs(before) < 0.2 and after - before > 0.3 and after < 0.6, (before, after)
