@@ -56,6 +56,14 @@ class RolloutBuffer:
             out[k] = dst[t]
         return out
 
+    @staticmethod
+    def nbytes_for(n_steps: int, n_envs: int, specs: Mapping[str, ObsSpec], chain_shape: tuple[int, ...],
+                   n_log_probs: int) -> int:
+        """What a buffer of these sizes allocates (without allocating it)."""
+        per = sum(int(np.prod(s.shape)) * (1 if s.dtype == torch.uint8 else 4) for s in specs.values())
+        per += 4 * int(np.prod(chain_shape)) + 4 * n_log_probs + 4 + 1 + 1 + 4  # rewards, flags, final values
+        return int(n_steps * n_envs * per)
+
     def nbytes(self) -> int:
         tensors = [*self.obs.values(), self.chains, self.sample_log_probs, self.rewards, self.terminated,
                    self.truncated, self.final_values]

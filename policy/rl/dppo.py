@@ -240,12 +240,12 @@ class DPPOAgent:
             batch.old_log_probs = self.log_probs(batch.obs, batch.chains)
         return batch
 
-    def update(self, batch: Batch, iteration: int) -> dict[str, float]:
+    def update(self, batch: Batch, iteration: int, train_actor: bool = True) -> dict[str, float]:
         """PPO epochs over all (env step, denoising step) pairs of `batch`; returns mean metrics."""
         p, k_ft = self.ppo, self.chain.ft_steps
         batch = self.prepare(batch)
         a_lr, c_lr = self.set_learning_rates(iteration)
-        train_actor = iteration >= p.critic_warmup
+        train_actor = train_actor and iteration >= p.critic_warmup  # False: the critic only
         m = batch.chains.shape[0]
         n_pairs = m * k_ft
         sums: dict[str, float] = {}
@@ -257,8 +257,7 @@ class DPPOAgent:
             for start in range(0, n_pairs, p.batch_size):
                 idx = perm[start:start + p.batch_size]
                 s, k = idx // k_ft, idx % k_ft
-                obs = {key: v[s] for key, v in batch.obs.items()}
-                stats = self._minibatch(batch, obs, s, k, train_actor)
+                stats = self._minibatch(batch, s, k, train_actor)
                 if stats is None:
                     skipped += 1
                     continue
@@ -279,22 +278,23 @@ class DPPOAgent:
                     "clip": self.clips[-1]})
         return out
 
-    def _minibatch(self, batch: Batch, obs, s, k, train_actor: bool) -> dict[str, float] | None:
+    def _minibatch(self, batch: Batch, s, k, train_actor: bool) -> dict[str, float] | None:
         p, c = self.ppo, self.chain
-        cond = self.actor.condition(obs)
+        # each env step appears up to K' times in a minibatch: encode its observation once
+        us, inverse = torch.unique(s, return_inverse=True)
+        obs_u = {key: v[us] for key, v in batch.obs.items()}
+        cond = self.actor.condition(obs_u)[inverse]
         x, x_next = batch.chains[s, k], batch.chains[s, k + 1]
         new_lp = self.actor.transition_log_prob(None, x, x_next, self.ts[k], self.tps[k], c.eta, c.spec, cond=cond)
         pg, stats = self.policy_loss(new_lp, batch.old_log_probs[s, k], batch.advantages[s], k)
-        # the critic once per distinct env step of the minibatch (pairs repeat env steps K' times)
-        us = torch.unique(s)
-        v_loss = self.value_loss(self.critic({key: v[us] for key, v in batch.obs.items()}), batch.returns[us],
-                                 batch.values[us])
+        # the critic once per distinct env step of the minibatch
+        v_loss = self.value_loss(self.critic(obs_u), batch.returns[us], batch.values[us])
         loss = p.vf_coef * v_loss
         bc = torch.zeros((), device=self.device)
         if train_actor:
             loss = loss + pg
             if p.bc_coef > 0:
-                bc = self._bc_loss(obs, cond)
+                bc = self._bc_loss({key: v[s] for key, v in batch.obs.items()}, cond)
                 loss = loss + p.bc_coef * bc
         if not self._all_ranks_true(bool(torch.isfinite(loss))):  # every rank skips together
             return self._skip("loss")

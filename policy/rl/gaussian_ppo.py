@@ -194,12 +194,12 @@ class GaussianPPOAgent:
             batch.old_log_probs = self.log_probs(batch.obs, batch.chains)
         return batch
 
-    def update(self, batch: Batch, iteration: int) -> dict[str, float]:
+    def update(self, batch: Batch, iteration: int, train_actor: bool = True) -> dict[str, float]:
         """PPO epochs over the env steps of `batch` (chains (M, 1, H, A)); mean metrics."""
         p = self.ppo
         batch = self.prepare(batch)
         a_lr, c_lr = self.set_learning_rates(iteration)
-        train_actor = iteration >= p.critic_warmup
+        train_actor = train_actor and iteration >= p.critic_warmup  # False: the critic only
         m = batch.chains.shape[0]
         sums: dict[str, float] = {}
         counts = skipped = 0
