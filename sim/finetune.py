@@ -171,6 +171,7 @@ def collect(envs, agent, buf: RolloutBuffer, seeds: SeedStream, generator: torch
     stats.sim_s += time.perf_counter() - t0
     actor_keys = agent.actor.obs_keys
     buf.final_values.zero_()
+    finals = []
     for t in range(buf.n_steps):
         t0 = time.perf_counter()
         stored = buf.put_obs(t, obs)
@@ -187,8 +188,8 @@ def collect(envs, agent, buf: RolloutBuffer, seeds: SeedStream, generator: torch
         done = np.flatnonzero(np.asarray(inf["done"]))
         trunc = np.flatnonzero(np.asarray(step.truncated, dtype=bool))
         if trunc.size:  # bootstrap from the true final observation, not the next episode's first
-            final = {k: torch.as_tensor(np.asarray(inf["final_obs"][k])[trunc]) for k in agent.critic.obs_keys}
-            buf.final_values[t, torch.as_tensor(trunc)] = agent.value(final)
+            finals.append((t, trunc, {k: torch.as_tensor(np.asarray(inf["final_obs"][k])[trunc])
+                                      for k in agent.critic.obs_keys}))
         for i in done:
             stats.episodes += 1
             stats.successes += int(bool(inf["success"][i]))
@@ -202,6 +203,11 @@ def collect(envs, agent, buf: RolloutBuffer, seeds: SeedStream, generator: torch
         t3 = time.perf_counter()
         stats.policy_s += (t1 - t0) + (t3 - t2)
         stats.sim_s += t2 - t1
+    if agent.critic.needs_fit:  # inputs the actor's checkpoint has no statistics for: from this rollout
+        fitted = agent.critic.fit_missing(buf.flat_obs())
+        log.info("critic input statistics fitted on the first rollout: %s", fitted)
+    for t, rows, final in finals:
+        buf.final_values[t, torch.as_tensor(rows)] = agent.value(final)
     last = {k: torch.as_tensor(np.asarray(obs[k])) for k in agent.critic.obs_keys}
     return agent.value(last), stats
 
