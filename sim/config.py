@@ -47,6 +47,7 @@ class EnvConfig:
     # (the thread follower turns 668 rad per m of travel, so a fast legitimate screw reaches ~100)
     start_states: str | None = None  # .npz of recorded sim states (sim.start_states) episodes may start from
     start_state_prob: float = 1.0  # probability an episode starts from one of them instead of the standard reset
+    start_state_max_steps: int | None = None  # time limit of episodes from a start state (None: max_episode_steps)
     render: RenderConfig = field(default_factory=RenderConfig)
     visual_randomization: VisualRandomization = field(default_factory=VisualRandomization)
     ik: IKConfig = field(default_factory=IKConfig)

@@ -87,6 +87,11 @@ class FinetuneEvalConfig:
     n_workers: int = 2
     video: bool = True
     video_episodes: int = 1
+    reset: str = "standard"  # standard: the headline figure | train: the training resets (start states too)
+
+    def __post_init__(self) -> None:
+        if self.reset not in ("standard", "train"):
+            raise ValueError(f"eval.reset must be 'standard' or 'train', got '{self.reset}'")
 
 
 @dataclass
@@ -352,8 +357,9 @@ class Finetuner:
         e = self.cfg.eval
         if self.evaluator is None:  # the headline figure: always from the standard reset
             eval_cfg = self.hcfg.copy()
-            with open_dict(eval_cfg):
-                eval_cfg.task.start_states = None
+            if e.reset == "standard":
+                with open_dict(eval_cfg):
+                    eval_cfg.task.start_states = None
             self.evaluator = make_evaluator(self.agent.actor, eval_cfg, min(e.n_envs, e.episodes), e.n_workers)
         video = self.out / "videos" / f"iter_{self.iteration:04d}" if e.video else None
         t0 = time.perf_counter()

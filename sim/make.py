@@ -101,6 +101,7 @@ def env_config_from_hydra(cfg: Mapping[str, Any]) -> EnvConfig:
         # optional: configs saved before start states existed lack the keys
         "start_states": _absolute(task.get("start_states")),
         "start_state_prob": task.get("start_state_prob", 1.0),
+        "start_state_max_steps": task.get("start_state_max_steps"),
     }
     for key in ("include_joints", "include_parts", "max_pos_step", "workspace_low", "workspace_high",
                 "gripper_max_width", "max_joint_velocity"):

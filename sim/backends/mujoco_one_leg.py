@@ -285,7 +285,10 @@ class OneLegMujocoEnv(gym.Env):
         reward = self._reward(success)
         # a part knocked off the table cannot be recovered: a failed terminal state
         terminated = bool((success and self.cfg.terminate_on_success) or lost)
-        truncated = bool(self.steps >= self.cfg.max_episode_steps and not terminated)
+        limit = self.cfg.max_episode_steps
+        if self.start_state >= 0 and self.cfg.start_state_max_steps is not None:
+            limit = self.cfg.start_state_max_steps  # what is left after a recorded start needs less time
+        truncated = bool(self.steps >= limit and not terminated)
         self.timings["ik"] += t1 - t0
         self.timings["physics"] += t2 - t1
         self.timings["thread"] += t3 - t2
