@@ -542,9 +542,14 @@ def main(cfg: DictConfig) -> None:
     ft = Finetuner(cfg)
     result = ft.train()
     if ft.rank == 0:
+        evals = [(h["iteration"], h["eval"]["success_rate"]) for h in ft.history if "eval" in h]
         print(json.dumps({"iteration": result["iteration"], "env_steps": result["env_steps"],
                           "eval_success": (result["last_eval"] or {}).get("success_rate")}))
-        print(f"checkpoint: {ft.out / 'last.pt'}")
+        if evals:
+            e = ft.cfg.eval
+            print(f"evaluation success ({e.episodes} episodes, seeds {e.seed}..{e.seed + e.episodes - 1}, {e.reset} "
+                  f"reset, eta 0): " + " -> ".join(f"{s:.0%} (iteration {i})" for i, s in evals))
+        print(f"checkpoint: {ft.out / 'last.pt'}  (curves: {ft.out / 'curves.png'})")
 
 
 if __name__ == "__main__":
