@@ -16,6 +16,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from data import rotation as np_rotation  # the numpy versions of the functions below
+
 ABSOLUTE = "absolute"
 RELATIVE = "relative"
 REPRS = (ABSOLUTE, RELATIVE)
@@ -64,3 +66,31 @@ def relative_chunks(state: np.ndarray, action: np.ndarray, obs_frames: np.ndarra
         act = torch.from_numpy(np.asarray(action[action_frames[i:i + batch]], dtype=np.float32))
         out.append(to_relative(act, ee).flatten(1).numpy())
     return np.concatenate(out) if out else np.zeros((0, action_frames.shape[1] * 10), np.float32)
+
+
+def encode_chunk(normalizer, action_repr: str, action: torch.Tensor, obs) -> torch.Tensor:
+    """Raw absolute chunk (B, H, 10) -> the normalised chunk a policy models (relative to the
+    latest observed EE pose `obs["state"][:, -1]` when `action_repr` is RELATIVE)."""
+    if action_repr == RELATIVE:
+        rel = to_relative(action, obs["state"][:, -1].float())
+        return normalizer.normalize(RELATIVE_KEY, rel.flatten(1)).view_as(rel)
+    return normalizer.normalize("action", action)
+
+
+def decode_chunk(normalizer, action_repr: str, x: torch.Tensor, obs) -> torch.Tensor:
+    """Inverse of `encode_chunk`: normalised chunk -> raw absolute EE targets."""
+    if action_repr == RELATIVE:
+        rel = normalizer.unnormalize(RELATIVE_KEY, x.flatten(1)).view_as(x)
+        return to_absolute(rel, obs["state"][:, -1].float())
+    return normalizer.unnormalize("action", x)
+
+
+def orthonormal_actions(actions: torch.Tensor) -> np.ndarray:
+    """Decoded actions (..., A) -> float32 numpy with every 6D rotation (A = 10: entries 3:9)
+    re-orthonormalised, so each is a valid pose; FloatingPointError on NaN/Inf."""
+    out = actions.detach().cpu().numpy().astype(np.float32)
+    if out.shape[-1] == 10:
+        out[..., 3:9] = np_rotation.matrix_to_rot6d(np_rotation.rot6d_to_matrix(out[..., 3:9])).astype(np.float32)
+    if not np.all(np.isfinite(out)):
+        raise FloatingPointError("the policy produced NaN/Inf actions")
+    return out

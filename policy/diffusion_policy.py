@@ -14,8 +14,7 @@ import torch
 from torch import nn
 
 from data.normalizer import Normalizer
-from data.rotation import rot6d_to_matrix, matrix_to_rot6d
-from policy.action_repr import RELATIVE, RELATIVE_KEY, REPRS, to_absolute, to_relative
+from policy.action_repr import RELATIVE, RELATIVE_KEY, REPRS, decode_chunk, encode_chunk, orthonormal_actions
 from policy.denoisers import MLPDenoiser, MLPDenoiserConfig, UNetDenoiser, UNetDenoiserConfig
 from policy.diffusion import DiffusionConfig, NoiseSchedule
 from policy.obs_encoder import ObsEncoder, ObsEncoderConfig
@@ -128,17 +127,11 @@ class DiffusionPolicy(nn.Module):
 
     def encode_actions(self, action: torch.Tensor, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Raw absolute chunk (B, H, 10) -> the normalised chunk the denoiser models."""
-        if self.cfg.action_repr == RELATIVE:
-            rel = to_relative(action, obs["state"][:, -1].float())
-            return self.normalizer.normalize(RELATIVE_KEY, rel.flatten(1)).view_as(rel)
-        return self.normalizer.normalize("action", action)
+        return encode_chunk(self.normalizer, self.cfg.action_repr, action, obs)
 
     def decode_actions(self, x: torch.Tensor, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Inverse of `encode_actions`: normalised chunk -> raw absolute EE targets."""
-        if self.cfg.action_repr == RELATIVE:
-            rel = self.normalizer.unnormalize(RELATIVE_KEY, x.flatten(1)).view_as(x)
-            return to_absolute(rel, obs["state"][:, -1].float())
-        return self.normalizer.unnormalize("action", x)
+        return decode_chunk(self.normalizer, self.cfg.action_repr, x, obs)
 
     def forward(self, obs: Mapping[str, torch.Tensor], action: torch.Tensor) -> torch.Tensor:
         """The training loss: calling the module (not `.loss`) lets DDP synchronise gradients."""
@@ -361,12 +354,7 @@ class DiffusionPolicy(nn.Module):
         """
         out = self.sample_chain(self.to_batch(obs), steps=steps, eta=eta, ft_steps=1, generator=generator,
                                 noise=noise)
-        actions = out.actions.cpu().numpy().astype(np.float32)
-        if self.cfg.action_dim == 10:
-            actions[..., 3:9] = matrix_to_rot6d(rot6d_to_matrix(actions[..., 3:9])).astype(np.float32)
-        if not np.all(np.isfinite(actions)):
-            raise FloatingPointError("policy produced NaN/Inf actions")
-        return actions
+        return orthonormal_actions(out.actions)
 
 
 class ChainSample(NamedTuple):

@@ -38,8 +38,7 @@ import torch
 from torch import nn
 
 from data.normalizer import Normalizer
-from data.rotation import matrix_to_rot6d, rot6d_to_matrix
-from policy.action_repr import RELATIVE, RELATIVE_KEY, REPRS, to_absolute, to_relative
+from policy.action_repr import RELATIVE, RELATIVE_KEY, REPRS, decode_chunk, encode_chunk, orthonormal_actions
 from policy.denoisers import ResidualBlock
 from policy.obs_encoder import ObsEncoderConfig
 
@@ -230,18 +229,12 @@ class GaussianPolicy(nn.Module):
     # --- actions ---------------------------------------------------------------------------------
     def encode_actions(self, action: torch.Tensor, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Raw absolute chunk (B, H, 10) -> the normalised chunk the mean models."""
-        if self.cfg.action_repr == RELATIVE:
-            rel = to_relative(action, obs["state"][:, -1].float())
-            return self.normalizer.normalize(RELATIVE_KEY, rel.flatten(1)).view_as(rel)
-        return self.normalizer.normalize("action", action)
+        return encode_chunk(self.normalizer, self.cfg.action_repr, action, obs)
 
     def decode_actions(self, x: torch.Tensor, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Normalised chunk (clamped to [-1, 1] here) -> raw absolute EE targets (B, H, A)."""
         x = x.clamp(-1, 1)
-        if self.cfg.action_repr == RELATIVE:
-            rel = self.normalizer.unnormalize(RELATIVE_KEY, x.flatten(1)).view_as(x)
-            return to_absolute(rel, obs["state"][:, -1].float())
-        return self.normalizer.unnormalize("action", x)
+        return decode_chunk(self.normalizer, self.cfg.action_repr, x, obs)
 
     def executed(self, x: torch.Tensor, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The decoded actions from the current step on: (B, H - To + 1, A)."""
@@ -272,10 +265,5 @@ class GaussianPolicy(nn.Module):
         re-orthonormalised so every action is a valid pose.
         """
         batch = self.to_batch(obs)
-        actions = self.executed(self.mean(batch), batch).cpu().numpy().astype(np.float32)
-        if self.cfg.action_dim == 10:
-            actions[..., 3:9] = matrix_to_rot6d(rot6d_to_matrix(actions[..., 3:9])).astype(np.float32)
-        if not np.all(np.isfinite(actions)):
-            raise FloatingPointError("policy produced NaN/Inf actions")
-        return actions
+        return orthonormal_actions(self.executed(self.mean(batch), batch))
 

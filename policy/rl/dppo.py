@@ -10,29 +10,24 @@ frozen base policy exists only where it is used (the K - K' non-fine-tuned steps
 loss); K' = 1 has a finite clip (`schedules.clip_coefficients`); a non-finite loss or
 gradient skips that minibatch and repeated ones stop the run (`NonFiniteError`), so no
 corrupted weights are ever saved.
+
+The PPO epochs, losses, optimiser step and guard are shared with the Gaussian baseline
+(`policy.rl.ppo.PPOAgentBase`); this module says what a sample is: one (env step, denoising
+step) pair of the M * K' in a rollout.
 """
 from __future__ import annotations
 
 import copy
-import logging
-import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
-import numpy as np
 import torch
-from torch import nn
 
-from data.rotation import matrix_to_rot6d, rot6d_to_matrix
+from policy.action_repr import orthonormal_actions
 from policy.diffusion_policy import DiffusionPolicy, LogProbSpec
 from policy.rl.critic import Critic
-from policy.rl.schedules import clip_coefficients, warmup_cosine
-
-log = logging.getLogger(__name__)
-
-
-class NonFiniteError(FloatingPointError):
-    """Losses or gradients were NaN/Inf in too many consecutive minibatches."""
+from policy.rl.ppo import NonFiniteError, PPOAgentBase  # noqa: F401  (NonFiniteError: imported from here too)
+from policy.rl.schedules import clip_coefficients
 
 
 @dataclass
@@ -106,46 +101,31 @@ class Batch:
     old_log_probs: torch.Tensor | None = None  # (M, K'); recomputed by `prepare` when None
 
 
-def orthonormal_actions(actions: torch.Tensor) -> np.ndarray:
-    """Decoded chunk -> float32 numpy with every rotation re-orthonormalised (as `act`)."""
-    out = actions.detach().cpu().numpy().astype(np.float32)
-    if out.shape[-1] == 10:
-        out[..., 3:9] = matrix_to_rot6d(rot6d_to_matrix(out[..., 3:9])).astype(np.float32)
-    if not np.all(np.isfinite(out)):
-        raise FloatingPointError("the policy produced NaN/Inf actions")
-    return out
-
-
-class DPPOAgent:
+class DPPOAgent(PPOAgentBase):
     """The fine-tuned diffusion actor, its critic and their optimisers.
 
     `explore` samples chunks for a rollout (eta 1, std floor, clipped noise); `update` runs the
-    PPO epochs on a `Batch`. The actor stays a `DiffusionPolicy`, so evaluation and the saved
-    checkpoint use exactly the fine-tuned weights through the same `act` as any checkpoint.
+    PPO epochs on a `Batch` (`PPOAgentBase`) over its (env step, denoising step) pairs. The
+    actor stays a `DiffusionPolicy`, so evaluation and the saved checkpoint use exactly the
+    fine-tuned weights through the same `act` as any checkpoint.
     """
 
     def __init__(self, actor: DiffusionPolicy, critic: Critic, chain: ChainConfig, ppo: PPOConfig,
                  total_iterations: int, seed: int = 0, world_size: int = 1):
-        self.actor, self.critic, self.chain, self.ppo = actor, critic, chain, ppo
-        self.world_size = int(world_size)  # > 1: torch.distributed is initialised; gradients are averaged
-        self.total_iterations = int(total_iterations)
-        self.device = next(actor.parameters()).device
+        self.chain = chain
         # the frozen base exists only where it is used: the K - K' early steps (kept inside the
         # actor, so its checkpoints sample the same chain) and the optional BC loss
-        self.base: DiffusionPolicy | None = None
+        base: DiffusionPolicy | None = None
         if chain.ft_steps < chain.ddim_steps:
             if actor.frozen_base is None:
                 actor.freeze_early_steps(chain.ddim_steps, chain.ft_steps)
             elif actor.cfg.frozen_steps != chain.ddim_steps - chain.ft_steps:
                 raise ValueError(f"the actor already freezes {actor.cfg.frozen_steps} steps; chain.ft_steps "
                                  f"{chain.ft_steps} of {chain.ddim_steps} would freeze another number")
-            self.base = actor.frozen_base
+            base = actor.frozen_base
         elif ppo.bc_coef > 0:
-            self.base = copy.deepcopy(actor).eval().requires_grad_(False)
-        self.actor.eval()  # no augmentation/dropout: sampling-time and update-time log-probs agree
-        self.actor_params = [p for p in self.actor.parameters() if p.requires_grad]
-        self.actor_opt = torch.optim.AdamW(self.actor_params, lr=ppo.actor_lr, weight_decay=ppo.weight_decay)
-        self.critic_opt = torch.optim.AdamW(self.critic.parameters(), lr=ppo.critic_lr, weight_decay=ppo.weight_decay)
+            base = copy.deepcopy(actor).eval().requires_grad_(False)
+        super().__init__(actor, critic, ppo, total_iterations, seed, world_size, base)
         self.clips = clip_coefficients(chain.ft_steps, ppo.clip, ppo.clip_base, ppo.clip_rate)
         ts, tps = actor.policy_timesteps(chain.ddim_steps, chain.ft_steps)
         self.ts = torch.tensor(ts, device=self.device)
@@ -153,8 +133,6 @@ class DPPOAgent:
         k = chain.ft_steps
         self.denoise_discount = torch.tensor([ppo.gamma_denoising ** (k - 1 - i) for i in range(k)],
                                              device=self.device)
-        self.generator = torch.Generator(device="cpu").manual_seed(int(seed))
-        self.nonfinite_streak = 0
 
     # --- rollouts ------------------------------------------------------------------------
     @property
@@ -166,12 +144,6 @@ class DPPOAgent:
     def n_log_probs(self) -> int:
         return self.chain.ft_steps
 
-    @property
-    def obs_keys(self) -> tuple[str, ...]:
-        keys = list(self.actor.obs_keys)
-        keys += [k for k in self.critic.obs_keys if k not in keys]
-        return tuple(keys)
-
     @torch.no_grad()
     def explore(self, obs: Mapping[str, torch.Tensor], generator: torch.Generator | None = None):
         """Chunks to execute (N, Ta, A) numpy, the chain (N, K'+1, H, A) and its log-probs (N, K')."""
@@ -181,105 +153,27 @@ class DPPOAgent:
                                     log_prob=c.spec)
         return orthonormal_actions(s.actions[:, : self.actor.act_steps]), s.chain.float(), s.log_prob
 
-    @torch.no_grad()
-    def value(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        return self.critic(obs).float()
-
-    @torch.no_grad()
-    def log_probs(self, obs: Mapping[str, torch.Tensor], chains: torch.Tensor) -> torch.Tensor:
-        """Old log-probabilities (M, K') of a rollout's chains, recomputed in batches."""
-        out = []
-        for i in range(0, chains.shape[0], self.ppo.logprob_batch):
-            sl = slice(i, i + self.ppo.logprob_batch)
-            out.append(self._chain_log_prob({k: v[sl] for k, v in obs.items()}, chains[sl]))
-        return torch.cat(out)
-
-    def _chain_log_prob(self, obs, chains):
+    def _log_prob_rows(self, obs, chains):
+        """Log-probabilities (n, K') of chains (n, K'+1, H, A)."""
         c = self.chain
         return self.actor.chain_log_prob(obs, chains, steps=c.ddim_steps, eta=c.eta, min_std=c.logprob_min_std,
                                          clamp=c.logprob_clamp, reduce=c.logprob_reduce, span=c.logprob_span)
 
     # --- the PPO update ------------------------------------------------------------------
-    def set_learning_rates(self, iteration: int) -> tuple[float, float]:
-        p = self.ppo
-        actor_it = iteration - p.critic_warmup
-        actor_total = self.total_iterations - p.critic_warmup
-        a_lr = warmup_cosine(max(actor_it, 0), p.actor_lr, p.actor_min_lr, p.actor_warmup, actor_total)
-        c_lr = warmup_cosine(iteration, p.critic_lr, p.critic_min_lr, 0, self.total_iterations)
-        for g in self.actor_opt.param_groups:
-            g["lr"] = a_lr
-        for g in self.critic_opt.param_groups:
-            g["lr"] = c_lr
-        return a_lr, c_lr
-
     def policy_loss(self, new_lp: torch.Tensor, old_lp: torch.Tensor, adv: torch.Tensor,
                     k: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Clipped surrogate over (env step, denoising step k) pairs: advantages normalised over
         the minibatch, then discounted by gamma_denoising^(K'-1-k); per-k clip coefficients."""
-        if self.ppo.norm_adv and adv.numel() > 1:
-            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-        adv = adv * self.denoise_discount[k]
-        log_ratio = new_lp - old_lp
-        ratio = log_ratio.exp()
-        clip = torch.tensor(self.clips, device=ratio.device, dtype=ratio.dtype)[k]
-        pg = torch.max(-adv * ratio, -adv * torch.clamp(ratio, 1 - clip, 1 + clip)).mean()
-        with torch.no_grad():
-            stats = {"approx_kl": ((ratio - 1) - log_ratio).mean(),
-                     "clipfrac": ((ratio - 1).abs() > clip).float().mean(),
-                     "ratio": ratio.mean()}
-        return pg, stats
+        adv = self.normalised_advantages(adv) * self.denoise_discount[k]
+        clip = torch.tensor(self.clips, device=new_lp.device, dtype=torch.promote_types(new_lp.dtype, old_lp.dtype))
+        return self.clipped_surrogate(new_lp, old_lp, adv, clip[k])
 
-    def value_loss(self, v: torch.Tensor, returns: torch.Tensor, old_v: torch.Tensor) -> torch.Tensor:
-        if self.ppo.value_clip is None:
-            return 0.5 * ((v - returns) ** 2).mean()
-        vc = old_v + (v - old_v).clamp(-self.ppo.value_clip, self.ppo.value_clip)
-        return 0.5 * torch.max((v - returns) ** 2, (vc - returns) ** 2).mean()
+    def _n_samples(self, batch: Batch) -> int:
+        return batch.chains.shape[0] * self.chain.ft_steps  # (env step, denoising step) pairs
 
-    def prepare(self, batch: Batch) -> Batch:
-        if batch.old_log_probs is None:
-            batch.old_log_probs = self.log_probs(batch.obs, batch.chains)
-        return batch
-
-    def update(self, batch: Batch, iteration: int, train_actor: bool = True) -> dict[str, float]:
-        """PPO epochs over all (env step, denoising step) pairs of `batch`; returns mean metrics."""
-        p, k_ft = self.ppo, self.chain.ft_steps
-        batch = self.prepare(batch)
-        a_lr, c_lr = self.set_learning_rates(iteration)
-        train_actor = train_actor and iteration >= p.critic_warmup  # False: the critic only
-        m = batch.chains.shape[0]
-        n_pairs = m * k_ft
-        sums: dict[str, float] = {}
-        counts = 0
-        skipped = 0
-        stopped_early = False
-        for _epoch in range(p.update_epochs):
-            perm = torch.randperm(n_pairs, generator=self.generator).to(self.device)
-            for start in range(0, n_pairs, p.batch_size):
-                idx = perm[start:start + p.batch_size]
-                s, k = idx // k_ft, idx % k_ft
-                stats = self._minibatch(batch, s, k, train_actor)
-                if stats is None:
-                    skipped += 1
-                    continue
-                for key, val in stats.items():
-                    sums[key] = sums.get(key, 0.0) + val
-                counts += 1
-                if train_actor and p.target_kl is not None and self._mean_over_ranks(stats["approx_kl"]) > p.target_kl:
-                    stopped_early = True
-                    break
-            if stopped_early:
-                break
-        out = {key: val / max(counts, 1) for key, val in sums.items()}
-        var_r = batch.returns.var()
-        out.update({"actor_lr": a_lr if train_actor else 0.0, "critic_lr": c_lr, "minibatches": counts,
-                    "skipped_minibatches": skipped, "early_stop": float(stopped_early),
-                    "explained_variance": float(1 - (batch.returns - batch.values).var() / var_r)
-                    if var_r > 0 else float("nan"),
-                    "clip": self.clips[-1]})
-        return out
-
-    def _minibatch(self, batch: Batch, s, k, train_actor: bool) -> dict[str, float] | None:
+    def _minibatch(self, batch: Batch, idx, train_actor: bool) -> dict[str, float] | None:
         p, c = self.ppo, self.chain
+        s, k = idx // c.ft_steps, idx % c.ft_steps  # env step, denoising step
         # each env step appears up to K' times in a minibatch: encode its observation once
         us, inverse = torch.unique(s, return_inverse=True)
         obs_u = {key: v[us] for key, v in batch.obs.items()}
@@ -296,58 +190,13 @@ class DPPOAgent:
             if p.bc_coef > 0:
                 bc = self._bc_loss({key: v[s] for key, v in batch.obs.items()}, cond)
                 loss = loss + p.bc_coef * bc
-        if not self._all_ranks_true(bool(torch.isfinite(loss))):  # every rank skips together
-            return self._skip("loss")
-        self.actor_opt.zero_grad(set_to_none=True)
-        self.critic_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.world_size > 1:
-            self._all_reduce_grads(train_actor)
-        a_norm = nn.utils.clip_grad_norm_(self.actor_params, p.max_grad_norm) if train_actor else \
-            torch.zeros(())
-        c_norm = nn.utils.clip_grad_norm_(self.critic.parameters(), p.max_grad_norm)
-        if not (torch.isfinite(a_norm) and torch.isfinite(c_norm)):
-            self.actor_opt.zero_grad(set_to_none=True)
-            self.critic_opt.zero_grad(set_to_none=True)
-            return self._skip("gradient")
-        if train_actor:
-            self.actor_opt.step()
-        self.critic_opt.step()
-        self.nonfinite_streak = 0
-        pg, v_loss, bc = pg.detach(), v_loss.detach(), bc.detach()
-        return {"policy_loss": float(pg), "value_loss": float(v_loss), "bc_loss": float(bc),
-                "approx_kl": float(stats["approx_kl"]), "clipfrac": float(stats["clipfrac"]),
-                "ratio": float(stats["ratio"]), "actor_grad_norm": float(a_norm), "critic_grad_norm": float(c_norm)}
+        norms = self._step(loss, train_actor)
+        if norms is None:
+            return None
+        return self._metrics(pg, v_loss, bc, stats, norms)
 
-    def _all_reduce_grads(self, train_actor: bool) -> None:
-        """Average gradients over the data-parallel ranks (each rank holds its own envs' rollout);
-        every rank then takes the same optimiser step, so weights stay identical."""
-        import torch.distributed as dist
-
-        params = [*(self.actor_params if train_actor else ()), *self.critic.parameters()]
-        for prm in params:
-            if prm.grad is None:
-                prm.grad = torch.zeros_like(prm)
-            dist.all_reduce(prm.grad, op=dist.ReduceOp.SUM)
-            prm.grad /= self.world_size
-
-    def _all_ranks_true(self, flag: bool) -> bool:
-        if self.world_size == 1:
-            return flag
-        import torch.distributed as dist
-
-        t = torch.tensor([1 if flag else 0], dtype=torch.int32)
-        dist.all_reduce(t, op=dist.ReduceOp.MIN)
-        return bool(t.item())
-
-    def _mean_over_ranks(self, value: float) -> float:
-        if self.world_size == 1:
-            return value
-        import torch.distributed as dist
-
-        t = torch.tensor([value], dtype=torch.float64)
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        return float(t) / self.world_size
+    def _extra_metrics(self) -> dict[str, float]:
+        return {"clip": self.clips[-1]}
 
     def _bc_loss(self, obs, cond) -> torch.Tensor:
         """-log-prob under the fine-tuned actor of chains the frozen base samples (Ren et al.'s
@@ -361,45 +210,6 @@ class DPPOAgent:
                                        span=c.logprob_span)
         return -lp.mean()
 
-    def _skip(self, what: str) -> None:
-        self.nonfinite_streak += 1
-        log.warning("non-finite %s in a PPO minibatch: update skipped (%d in a row)", what, self.nonfinite_streak)
-        if self.nonfinite_streak >= self.ppo.max_nonfinite:
-            raise NonFiniteError(f"{self.nonfinite_streak} consecutive PPO minibatches had a non-finite {what}; "
-                                 "stopping before the weights are corrupted (the last checkpoint is intact). "
-                                 "Lower the learning rates or check the rewards/observations for NaN.")
-        return None
-
-    def weights_finite(self) -> bool:
-        return all(torch.isfinite(t).all() for t in (*self.actor.parameters(), *self.critic.parameters()))
-
     # --- persistence ---------------------------------------------------------------------
-    def save(self, path, train_state: Mapping[str, Any], schema: Mapping[str, Any] | None,
-             meta: Mapping[str, Any]):
-        """The fine-tuned actor in the pretrained checkpoints' format (`load_policy`,
-        `tools/eval_policy.py` and `real/deploy.py` read it), the training state beside it."""
-        from policy.checkpoint import save_checkpoint
-
-        return save_checkpoint(path, self.actor, train_state=train_state, schema=schema, meta=meta)
-
-    def load_actor(self, payload: Mapping[str, Any]) -> None:
-        self.actor.load_state_dict(payload["model"])
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"critic": self.critic.state_dict(), "critic_extra": self.critic.extra_state(),
-                "actor_opt": self.actor_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(),
-                "generator": self.generator.get_state(), "nonfinite_streak": self.nonfinite_streak,
-                "base": self.base.state_dict() if self.base is not None and self.base is not self.actor.frozen_base
-                else None,
-                "chain": asdict(self.chain), "ppo": asdict(self.ppo)}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """The actor's weights come with the checkpoint's `model`; this restores the rest."""
-        self.critic.load_extra_state(state["critic_extra"])
-        self.critic.load_state_dict(state["critic"])
-        self.actor_opt.load_state_dict(state["actor_opt"])
-        self.critic_opt.load_state_dict(state["critic_opt"])
-        self.generator.set_state(state["generator"])
-        self.nonfinite_streak = int(state["nonfinite_streak"])
-        if self.base is not None and state.get("base") is not None:
-            self.base.load_state_dict(state["base"])
+    def _config_state(self) -> dict[str, Any]:
+        return {"chain": asdict(self.chain), "ppo": asdict(self.ppo)}
