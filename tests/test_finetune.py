@@ -140,3 +140,34 @@ def test_dppo_raises_a_weak_policy_on_a_cheap_start_state_setting(tmp_path):
     assert len(evals) == 2
     before, after = evals
     assert before < 0.25 and after >= before + 0.1, (before, after)
+
+
+def test_finetune_yaml_matches_the_typed_config_field_for_field():
+    """configs/finetune.yaml holds every FinetuneConfig field and nothing else (no dead keys),
+    and a typo is an error naming its dotted path."""
+    import dataclasses
+
+    from omegaconf import OmegaConf, open_dict
+
+    from sim.finetune import SIM_GROUPS, FinetuneConfig, typed_config
+
+    def keys_of(cls, prefix=""):
+        out = set()
+        for f in dataclasses.fields(cls):
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            out |= keys_of(type(default), f"{prefix}{f.name}.") if dataclasses.is_dataclass(default) else {prefix + f.name}
+        return out
+
+    def keys_in(d, prefix=""):
+        out = set()
+        for k, v in d.items():
+            out |= keys_in(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k}
+        return out
+
+    cfg = compose_config("finetune", [])
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    assert keys_in({k: v for k, v in plain.items() if k not in SIM_GROUPS}) == keys_of(FinetuneConfig)
+    with open_dict(cfg):
+        cfg.ppo.clip_coef = 0.2
+    with pytest.raises(Exception, match="ppo.clip_coef"):
+        typed_config(cfg)
