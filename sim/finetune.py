@@ -19,15 +19,16 @@ imports the other.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 if __package__ in (None, ""):  # `python sim/finetune.py`: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -41,7 +42,7 @@ from data.typed_config import from_mapping
 from policy import resolve_device
 from policy.checkpoint import CheckpointError, load_checkpoint, load_policy
 from policy.rl.buffer import RolloutBuffer, obs_specs, reference_float64_nbytes
-from policy.rl.critic import Critic, CriticConfig
+from policy.rl.critic import Critic, CriticConfig, observation_widths
 from policy.rl.dppo import Batch, ChainConfig, DPPOAgent, NonFiniteError, PPOConfig
 from policy.rl.gae import gae, next_values
 from policy.rl.gaussian_ppo import GaussianPPOAgent, GaussianPPOConfig
@@ -135,6 +136,18 @@ class SeedStream:
         return out
 
 
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with `n` torch threads (0: leave the setting alone), restored after."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def dist_info() -> tuple[int, int]:
     if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
         import torch.distributed as dist
@@ -217,17 +230,11 @@ def collect(envs, agent, buf: RolloutBuffer, seeds: SeedStream, generator: torch
     return agent.value(last), stats
 
 
-def values_of(agent, obs: Mapping[str, torch.Tensor], batch: int = 4096) -> torch.Tensor:
-    m = next(iter(obs.values())).shape[0]
-    keys = agent.critic.obs_keys
-    return torch.cat([agent.value({k: obs[k][i:i + batch] for k in keys}) for i in range(0, m, batch)])
-
-
 def advantages(agent, buf: RolloutBuffer, last_value: torch.Tensor, scaler: RunningRewardScaler | None,
                gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(values, advantages, returns), each (T, N), with rewards scaled when a scaler is given."""
     t, n = buf.n_steps, buf.n_envs
-    values = values_of(agent, buf.flat_obs()).view(t, n)
+    values = agent.values(buf.flat_obs()).view(t, n)
     done = buf.done
     rewards = scaler(buf.rewards, done) if scaler is not None else buf.rewards
     nv = next_values(values, last_value, buf.final_values, done)
@@ -283,9 +290,8 @@ class Finetuner:
         if c.chain.ddim_steps > actor.schedule.steps:
             raise ValueError(f"chain.ddim_steps {c.chain.ddim_steps} > the policy's {actor.schedule.steps} DDPM steps")
         self.base_schema = actor.schema
-        widths = {k: int(v) for k, v in _lowdim_widths(actor, self.hcfg).items()}
         critic = Critic(c.critic, actor.lowdim_keys, actor.cameras, actor.image_hw, actor.obs_history,
-                        actor.normalizer, widths).to(self.device)
+                        actor.normalizer, observation_widths(actor.obs_schema)).to(self.device)
         return DPPOAgent(actor, critic, c.chain, c.ppo, c.train.iterations, seed=c.seed + self.rank,
                          world_size=self.world)
 
@@ -363,14 +369,9 @@ class Finetuner:
             self.evaluator = make_evaluator(self.agent.actor, eval_cfg, min(e.n_envs, e.episodes), e.n_workers)
         video = self.out / "videos" / f"iter_{self.iteration:04d}" if e.video else None
         t0 = time.perf_counter()
-        threads = torch.get_num_threads()
-        if self.cfg.train.rollout_threads:
-            torch.set_num_threads(self.cfg.train.rollout_threads)
-        try:
+        with torch_threads(self.cfg.train.rollout_threads):
             res = evaluate(self.evaluator, self.agent.actor, e.episodes, e.seed, self.cfg.chain.ddim_steps,
                            video_dir=video, video_episodes=e.video_episodes)
-        finally:
-            torch.set_num_threads(threads)
         out = res.summary()
         out.pop("episodes")
         out["eval_s"] = time.perf_counter() - t0
@@ -431,30 +432,20 @@ class Finetuner:
         t0 = time.perf_counter()
         if self.scaler is not None:
             self.scaler.reset_returns()
-        threads = torch.get_num_threads()
-        if c.train.rollout_threads:
-            torch.set_num_threads(c.train.rollout_threads)
-        try:
+        with torch_threads(c.train.rollout_threads):
             last_value, stats = collect(self.envs, self.agent, buf, self.seeds, self.rollout_gen)
-        finally:
-            torch.set_num_threads(threads)
         t1 = time.perf_counter()
         values, adv, ret = advantages(self.agent, buf, last_value, self.scaler, c.ppo.gamma, c.ppo.gae_lambda)
         batch = Batch(obs=buf.flat_obs(), chains=buf.chains.reshape(-1, *buf.chains.shape[2:]),
                       advantages=adv.reshape(-1), returns=ret.reshape(-1), values=values.reshape(-1))
         t2 = time.perf_counter()
-        threads = torch.get_num_threads()
-        if c.train.update_threads:
-            torch.set_num_threads(c.train.update_threads)
-        try:
+        with torch_threads(c.train.update_threads):
             self.agent.prepare(batch)
             t3 = time.perf_counter()
             informative = bool(buf.rewards.abs().sum() > 0) or not c.train.actor_needs_reward
             if not informative:
                 log.info("iteration %d: no reward in the rollout, critic-only update", self.iteration + 1)
             metrics = self.agent.update(batch, self.iteration, train_actor=informative)
-        finally:
-            torch.set_num_threads(threads)
         lp_err = float((batch.old_log_probs - buf.sample_log_probs.reshape(batch.old_log_probs.shape)).abs().max())
         t4 = time.perf_counter()
         steps = stats.env_steps * self.world
@@ -525,15 +516,6 @@ class Finetuner:
         if self.evaluator is not None:
             self.evaluator.close()
             self.evaluator = None
-
-
-def _lowdim_widths(actor, hcfg) -> dict[str, int]:
-    """Widths of the low-dim keys the envs produce for this actor: its `state`, and `parts`
-    (the simulator's privileged part poses, read by privileged critics)."""
-    from policy.checkpoint import PART_DIM
-
-    schema = actor.obs_schema
-    return {"state": schema.state_dim, "parts": PART_DIM * schema.n_parts}
 
 
 @hydra.main(config_path="../configs", config_name="finetune", version_base="1.3")

@@ -268,3 +268,18 @@ def test_dppo_moves_a_pretrained_chain_toward_the_rewarded_action():
         agent.update(Batch(obs=obs, chains=chain, advantages=r - r.mean(), returns=r, values=torch.zeros(256)), it)
     after = deterministic()
     assert abs(before) < 0.2 and after - before > 0.3 and after < 0.6, (before, after)
+
+
+def test_buffer_memory_figures_match_what_is_allocated():
+    """The benchmark's memory column (`nbytes_for`, without allocating) equals what a buffer
+    allocates; images stay uint8 and chains float32, 1/8 and 1/2 of the reference's float64."""
+    from policy.rl.buffer import ObsSpec, RolloutBuffer, reference_float64_nbytes
+
+    specs = {"state": ObsSpec((2, 10), torch.float32), "rgb/front": ObsSpec((2, 32, 32, 3), torch.uint8)}
+    buf = RolloutBuffer(7, 3, specs, (6, 8, 10))
+    assert buf.obs["rgb/front"].dtype == torch.uint8 and buf.chains.dtype == torch.float32
+    assert RolloutBuffer.nbytes_for(7, 3, specs, (6, 8, 10), 5) == buf.nbytes()
+    images_only = {"rgb/front": specs["rgb/front"]}
+    ratio = RolloutBuffer.nbytes_for(7, 3, images_only, (1, 1, 1), 0) / reference_float64_nbytes(7, 3, images_only,
+                                                                                               (1, 1, 1))
+    assert ratio < 0.13

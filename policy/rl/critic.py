@@ -51,6 +51,15 @@ class _Residual(nn.Module):
         return x + self.net(x)
 
 
+def observation_widths(schema) -> dict[str, int]:
+    """Widths of the low-dim keys a simulator produces for a policy with this ObsSchema: its
+    `state`, and `parts` (the privileged part poses a privileged critic reads, present in the
+    envs even when the actor does not read them)."""
+    from policy.checkpoint import PART_DIM
+
+    return {"state": schema.state_dim, "parts": PART_DIM * schema.n_parts}
+
+
 def resolve_input(cfg: CriticConfig, actor_cameras: tuple[str, ...]) -> str:
     if cfg.input != "auto":
         return cfg.input

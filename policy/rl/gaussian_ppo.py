@@ -33,7 +33,7 @@ import torch
 
 from policy.action_repr import orthonormal_actions
 from policy.gaussian_policy import REDUCES, GaussianPolicy
-from policy.rl.critic import Critic, CriticConfig
+from policy.rl.critic import Critic, CriticConfig, observation_widths
 from policy.rl.dppo import Batch, PPOConfig
 from policy.rl.ppo import PPOAgentBase
 
@@ -78,15 +78,14 @@ class GaussianPPOAgent(PPOAgentBase):
         policy) with a fresh critic. `lowdim_widths`: the widths of the low-dim keys the envs
         produce (default: from the checkpoint's obs schema: `state`, and `parts` when it has
         part poses)."""
-        from policy.checkpoint import PART_DIM, CheckpointError, load_policy
+        from policy.checkpoint import CheckpointError, load_policy
 
         actor = load_policy(path, use_ema=use_ema, device=device)
         if not isinstance(actor, GaussianPolicy):
             raise CheckpointError(f"{path} holds a {type(actor).__name__}, not a Gaussian policy "
                                   "(fine-tune it with method=dppo)")
         if lowdim_widths is None:
-            s = actor.obs_schema
-            lowdim_widths = {"state": s.state_dim, "parts": PART_DIM * s.n_parts}
+            lowdim_widths = observation_widths(actor.obs_schema)
         widths = {k: int(v) for k, v in lowdim_widths.items()}
         critic = Critic(critic_cfg, actor.lowdim_keys, actor.cameras, actor.image_hw, actor.obs_history,
                         actor.normalizer, widths).to(device)

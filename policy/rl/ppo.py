@@ -85,6 +85,14 @@ class PPOAgentBase:
         return self.critic(obs).float()
 
     @torch.no_grad()
+    def values(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """V of M observations (M,), in batches of `ppo.logprob_batch` rows."""
+        keys = self.critic.obs_keys
+        m = next(iter(obs.values())).shape[0]
+        step = self.ppo.logprob_batch
+        return torch.cat([self.value({k: obs[k][i:i + step] for k in keys}) for i in range(0, m, step)])
+
+    @torch.no_grad()
     def log_probs(self, obs: Mapping[str, torch.Tensor], samples: torch.Tensor) -> torch.Tensor:
         """Old log-probabilities (M, n_log_probs) of a rollout's samples, recomputed in batches."""
         out = []
