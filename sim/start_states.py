@@ -1,4 +1,4 @@
-"""Start-state distributions: simulator states recorded along scripted-expert episodes.
+"""Start-state distributions: simulator states recorded along scripted-expert or policy episodes.
 
 DPPO fine-tuning can start episodes from a milestone of the task instead of the standard reset
 (`task.start_states=PATH`, `task.start_state_prob`): e.g. `leg_upright`, the leg standing on
@@ -130,11 +130,15 @@ class StartStates:
 
 def record_start_states(cfg, milestone: str, n: int, path: str | Path | None, seed: int = 0, n_envs: int = 4,
                         n_workers: int = 0, offset_steps: int = 0, max_episodes: int | None = None,
-                        expert_cfg=None) -> StartStates:
-    """Run the scripted expert (episodes seeded seed, seed + 1, ...) through
+                        expert_cfg=None, policy=None, policy_name: str | None = None,
+                        act_kwargs: Mapping[str, Any] | None = None) -> StartStates:
+    """Run the scripted expert, or `policy` (a `ChunkPolicy`, e.g. a pretrained checkpoint:
+    its own states are where fine-tuning has to improve it, which the expert's are not),
+    on episodes seeded seed, seed + 1, ... through
     `sim.rollout.run_episodes` and capture each episode's sim state at the first chunk boundary
     where `milestones/<milestone>` is true (`offset_steps` control steps later), one state per
-    episode, until `n` states; saved to `path` (unless None) and returned.
+    episode, until `n` states; saved to `path` (unless None) and returned. A policy runs with
+    `act_kwargs` (e.g. `{"eta": 0.0}`) and noise seeded per episode, so a set is reproducible.
 
     Episodes that end before the capture (never reaching the milestone) are skipped and counted
     in the meta. At most `max_episodes` (default 4 n) episodes run; fewer than n states by then
@@ -163,9 +167,10 @@ def record_start_states(cfg, milestone: str, n: int, path: str | Path | None, se
     capture_steps: list[int] = []
     first_seen: dict[int, int] = {}
     captured: set[int] = set()
-    expert = ExpertPolicy(n_envs, expert_cfg or ExpertConfig())
+    driver = ExpertPolicy(n_envs, expert_cfg or ExpertConfig()) if policy is None else policy
+    history = int(getattr(driver, "obs_history", 1))
 
-    with make(cfg, n_envs, n_workers=n_workers) as envs:
+    with make(cfg, n_envs, n_workers=n_workers, obs_history=history) as envs:
         def on_chunk(obs, chunk, step, active) -> bool:
             inf = step.infos
             # an env whose episode ended in this chunk already holds its next episode's state
@@ -187,15 +192,17 @@ def record_start_states(cfg, milestone: str, n: int, path: str | Path | None, se
                     captured.add(s)
             return len(states) >= n
 
-        result = run_episodes(envs, expert, range(int(seed), int(seed) + max_episodes), on_chunk=on_chunk,
-                              per_episode_noise=False, progress=True, desc=f"expert to {milestone}")
+        who = "expert" if policy is None else "policy"
+        result = run_episodes(envs, driver, range(int(seed), int(seed) + max_episodes), on_chunk=on_chunk,
+                              act_kwargs=act_kwargs, per_episode_noise=policy is not None, progress=True,
+                              desc=f"{who} to {milestone}")
         model = envs.call("model")[0] if n_workers == 0 else None
     finished = [e.seed for e in result.episodes]
     skipped = sum(s not in captured for s in finished)
     log.info("start states '%s': %d captured from %d episodes, %d finished episodes never reached it",
              milestone, len(states), len(set(finished) | captured), skipped)
     if len(states) < n:
-        raise RuntimeError(f"only {len(states)} of {max_episodes} expert episodes reached '{milestone}' "
+        raise RuntimeError(f"only {len(states)} of {max_episodes} {who} episodes reached '{milestone}' "
                            f"({skipped} did not); asked for {n}")
     if model is None:  # the model lives in the workers: build one here for its sizes
         from sim.backends.mujoco_one_leg import OneLegMujocoEnv
@@ -208,7 +215,10 @@ def record_start_states(cfg, milestone: str, n: int, path: str | Path | None, se
         "seeds": seeds, "capture_steps": capture_steps, "mean_capture_step": float(np.mean(capture_steps)),
         "episodes_finished": len(finished), "episodes_skipped": int(skipped),
         "mujoco_version": mujoco.__version__, "model": model_sizes(model), "milestones": list(MILESTONES),
-        "source_start_states": cfg.start_states, "expert": dataclasses.asdict(expert_cfg or ExpertConfig()),
+        "source_start_states": cfg.start_states,
+        "expert": dataclasses.asdict(expert_cfg or ExpertConfig()) if policy is None else None,
+        "policy": None if policy is None else (policy_name or type(policy).__name__),
+        "act_kwargs": dict(act_kwargs or {}),
     }
     out = StartStates.from_states(states, meta)
     if path is not None:

@@ -238,3 +238,24 @@ def test_cli_and_hydra_keys(monkeypatch, tmp_path):
     env = OneLegMujocoEnv(dataclasses.replace(env_cfg, start_state_prob=1.0), render_mode=None)
     _, info = env.reset(seed=0)
     assert info["start_state"] in (0, 1) and info["milestones"]["top_in_corner"]
+
+
+def test_policy_records_its_own_states(monkeypatch, tmp_path):
+    """checkpoint=... : the pretrained policy drives (eta 0, noise seeded per episode), so its
+    own states are recorded, reproducibly, and the meta says who drove."""
+    from tools.record_start_states import run
+
+    monkeypatch.chdir(tmp_path)
+    ckpt = str(ROOT / "checkpoints" / "one_leg_state_bc.pt")
+    overrides = ["milestone=top_in_corner", "n=2", "env.n_envs=2", "env.n_workers=0", "seed=70000",
+                 f"checkpoint={ckpt}"]
+    run(compose_config("record_start_states", overrides + ["out=a.npz"]), tmp_path)
+    run(compose_config("record_start_states", overrides + ["out=b.npz"]), tmp_path)
+    a, b = StartStates.load("a.npz"), StartStates.load("b.npz")
+    assert a.meta["policy"] == ckpt and a.meta["expert"] is None and a.meta["act_kwargs"] == {"eta": 0.0}
+    assert sorted(a.meta["seeds"]) == [70000, 70001]
+    k = MILESTONES.index("top_in_corner")
+    assert all(a[i]["reached"][k] for i in range(2))
+    assert np.array_equal(a.arrays["qpos"], b.arrays["qpos"]) and a.meta["capture_steps"] == b.meta["capture_steps"]
+    expert = record_start_states(EnvConfig(randomness="low"), "top_in_corner", 2, None, seed=70000, n_envs=2)
+    assert not np.array_equal(expert.arrays["qpos"], a.arrays["qpos"])  # the policy's states, not the expert's
