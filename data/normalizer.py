@@ -180,6 +180,20 @@ class Normalizer:
         scale, offset = self._torch_cache[ck]
         return scale, offset, dtype
 
+    def unit_range(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        """The raw values that normalise to -1 and +1 per dimension (min/max of a minmax key,
+        mean -/+ std of a meanstd one): where the data the statistics came from lies."""
+        if key not in self.keys:
+            raise NormalizerError(f"normaliser has no statistics for key '{key}'; it has {sorted(self.keys)}")
+        kn = self.keys[key]
+        a, b = (-1.0 - kn.offset) / kn.scale, (1.0 - kn.offset) / kn.scale
+        return np.minimum(a, b), np.maximum(a, b)
+
+    def clear_cache(self) -> None:
+        """Forget the per-device torch copies of the statistics (rebuilt on the next call); after a
+        graph capture they may hold the capture's placeholder tensors."""
+        self._torch_cache.clear()
+
     def normalize(self, key: str, x):
         x = _as_array(x)
         kn = self._get(key, x)

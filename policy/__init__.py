@@ -1,4 +1,4 @@
-"""Models and learning: ViT encoder, diffusion policy, checkpoints (DPPO next). Imports nothing
+"""Models and learning: ViT encoder, diffusion policy, checkpoints, DPPO (policy/rl), export. Imports nothing
 from sim/ or real/."""
 
 
@@ -12,7 +12,13 @@ def resolve_device(name: str):
 
 
 def load(path, use_ema: bool = True, device: str = "cpu"):
-    """Load a ready policy from a checkpoint file (see policy.checkpoint)."""
+    """Load a ready policy from a checkpoint file (see policy.checkpoint), or an exported artefact
+    (.onnx / .ts / .pt2 with its sidecar, see policy.export: `use_ema` and `device` were fixed at
+    export)."""
+    from policy.export import is_artefact, load_exported
+
+    if is_artefact(path):
+        return load_exported(path)
     from policy.checkpoint import load_policy
 
     return load_policy(path, use_ema=use_ema, device=device)

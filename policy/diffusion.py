@@ -47,6 +47,7 @@ class NoiseSchedule(torch.nn.Module):
         else:
             raise ValueError(f"unknown schedule '{cfg.schedule}' (cosine | linear)")
         self.register_buffer("alphas_cumprod", ac, persistent=False)
+        self._ddim_cache: dict[int, list[int]] = {}
 
     @property
     def steps(self) -> int:
@@ -74,7 +75,11 @@ class NoiseSchedule(torch.nn.Module):
         """n descending timesteps spread over the training chain (ends at t=0)."""
         if not 1 <= n <= self.steps:
             raise ValueError(f"DDIM steps must be in 1..{self.steps}, got {n}")
-        return [int(round(x)) for x in torch.linspace(self.steps - 1, 0, n).tolist()]
+        # cached as plain ints: graph capture (torch.export, policy/export.py) cannot read a
+        # tensor's values, and the sampler asks for the same few chains again and again
+        if n not in self._ddim_cache:
+            self._ddim_cache[n] = [int(round(x)) for x in torch.linspace(self.steps - 1, 0, n).tolist()]
+        return list(self._ddim_cache[n])
 
     def ddim_step(self, model_out, x_t, t, t_prev, eta: float):
         """One DDIM step t -> t_prev (t_prev = -1 means the final clean sample).

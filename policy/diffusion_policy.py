@@ -76,6 +76,16 @@ class PolicyConfig:
         return from_mapping(cls, d, where=where)
 
 
+def standard_normal(shape: tuple[int, ...], device, generator) -> torch.Tensor:
+    """Standard normal noise; `generator` may be one torch.Generator or one per sample (row),
+    so each env's noise depends on its own episode only (exported policies draw theirs here too)."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
+        return torch.stack([torch.randn(shape[1:], generator=g, device=g.device) for g in generator]).to(device)
+    return torch.randn(shape, device=device, generator=generator)
+
+
 class DiffusionPolicy(nn.Module):
     def __init__(self, cfg: PolicyConfig, normalizer: Normalizer):
         super().__init__()
@@ -184,13 +194,7 @@ class DiffusionPolicy(nn.Module):
 
     # --- sampling ----------------------------------------------------------------------------
     def _randn(self, shape: tuple[int, ...], device, generator) -> torch.Tensor:
-        """Standard normal noise; `generator` may be one torch.Generator or one per sample (row),
-        so each env's noise depends on its own episode only."""
-        if isinstance(generator, (list, tuple)):
-            if len(generator) != shape[0]:
-                raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
-            return torch.stack([torch.randn(shape[1:], generator=g, device=g.device) for g in generator]).to(device)
-        return torch.randn(shape, device=device, generator=generator)
+        return standard_normal(shape, device, generator)
 
     def denoising_timesteps(self, steps: int | None = None) -> list[int]:
         return self.schedule.ddim_timesteps(steps or self.cfg.diffusion.ddim_steps)
