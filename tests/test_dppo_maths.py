@@ -283,3 +283,30 @@ def test_buffer_memory_figures_match_what_is_allocated():
     ratio = RolloutBuffer.nbytes_for(7, 3, images_only, (1, 1, 1), 0) / reference_float64_nbytes(7, 3, images_only,
                                                                                                (1, 1, 1))
     assert ratio < 0.13
+
+
+def _drift_under_noise_advantages(bc_coef: float) -> float:
+    """Deterministic-action change of a cloned chain after DPPO updates on pure-noise advantages
+    (a rollout that carries no signal), with the BC term toward the base at `bc_coef`."""
+    agent = make_agent(ft_steps=5, ppo=PPOConfig(actor_lr=3e-4, actor_warmup=0, batch_size=640, update_epochs=3,
+                                                 clip=0.01, bc_coef=bc_coef))
+    obs = {k: v[:1].repeat(128, *[1] * (v.dim() - 1)) for k, v in batch(b=1, cams=(), seed=0).items()}
+
+    def deterministic():
+        with torch.no_grad():
+            return agent.actor.sample_chain(obs, steps=5, eta=0.0,
+                                            noise=torch.zeros(128, 8, 10)).chain[0, -1]
+
+    before = deterministic()
+    g = torch.Generator().manual_seed(3)
+    torch.manual_seed(3)
+    for it in range(6):
+        _, chain, _ = agent.explore(obs, g)
+        adv = torch.randn(128, generator=g)
+        agent.update(Batch(obs=obs, chains=chain, advantages=adv, returns=torch.zeros(128), values=torch.zeros(128)), it)
+    return float((deterministic() - before).abs().mean())
+
+
+def test_bc_term_holds_the_policy_near_the_base_when_the_advantages_are_noise():
+    free, held = _drift_under_noise_advantages(0.0), _drift_under_noise_advantages(1.0)
+    assert held < 0.5 * free, (free, held)

@@ -177,7 +177,8 @@ class DPPOAgent(PPOAgentBase):
         # each env step appears up to K' times in a minibatch: encode its observation once
         us, inverse = torch.unique(s, return_inverse=True)
         obs_u = {key: v[us] for key, v in batch.obs.items()}
-        cond = self.actor.condition(obs_u)[inverse]
+        cond_u = self.actor.condition(obs_u)
+        cond = cond_u[inverse]
         x, x_next = batch.chains[s, k], batch.chains[s, k + 1]
         new_lp = self.actor.transition_log_prob(None, x, x_next, self.ts[k], self.tps[k], c.eta, c.spec, cond=cond)
         pg, stats = self.policy_loss(new_lp, batch.old_log_probs[s, k], batch.advantages[s], k)
@@ -188,7 +189,7 @@ class DPPOAgent(PPOAgentBase):
         if train_actor:
             loss = loss + pg
             if p.bc_coef > 0:
-                bc = self._bc_loss({key: v[s] for key, v in batch.obs.items()}, cond)
+                bc = self._bc_loss(obs_u, cond_u)  # once per distinct env step, as the critic
                 loss = loss + p.bc_coef * bc
         norms = self._step(loss, train_actor)
         if norms is None:
