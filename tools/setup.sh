@@ -12,10 +12,10 @@ _pixel_dppo_setup() (
   set -euo pipefail
   cd "$_PIXEL_DPPO_ROOT"
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = "0" ]; then
-    echo "[setup] apt: headless OpenGL (EGL / OSMesa)"
+    echo "[setup] apt: headless OpenGL (EGL / OSMesa), libusb for pyrealsense2"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-      libegl1 libegl-mesa0 libgl1 libgl1-mesa-dri libgles2 libosmesa6 libglib2.0-0 >/dev/null
+      libegl1 libegl-mesa0 libgl1 libgl1-mesa-dri libgles2 libosmesa6 libglib2.0-0 libusb-1.0-0 >/dev/null
   else
     echo "[setup] not root or no apt-get: make sure libegl1/libegl-mesa0 or libosmesa6 are installed"
   fi
