@@ -36,6 +36,13 @@ _pixel_dppo_setup() (
   fi
   # furniture-bench ships the square_table meshes; its own dependencies need gym 0.21.
   .venv/bin/python -m pip install -q --no-deps furniture-bench==0.1
+  # franky-sim (a MuJoCo Franka behind the libfranka protocol: the robot peer of the tests and of
+  # real/deploy.py --rehearse) needs numpy >= 2, the project numpy < 2: its own venv (~660 MB).
+  if [ ! -x .venv-franky-sim/bin/franky-sim ]; then
+    echo "[setup] .venv-franky-sim (franky-sim 1.0.4)"
+    "$PYTHON" -m venv .venv-franky-sim
+    .venv-franky-sim/bin/python -m pip install -q "franky-sim==1.0.4" || echo "[setup] franky-sim could not be installed: the robot tests will be skipped"
+  fi
   .venv/bin/python -c "import mujoco, sim.assets as a; print('[setup] ok: mujoco', mujoco.__version__, '| furniture-bench assets at', a.furniture_bench_asset_dir())"
 )
 
