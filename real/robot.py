@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ from typing import Sequence
 
 import numpy as np
 
-from data.rotation import matrix_to_rot6d, rot6d_to_matrix
+from data.rotation import matrix_to_rot6d, rot6d_to_matrix, rotation_error, rotvec_to_matrix
 
 log = logging.getLogger("real.robot")
 
@@ -112,14 +111,7 @@ def pose_matrix(pos: np.ndarray, rot: np.ndarray) -> np.ndarray:
 
 def rotation_vector(r: np.ndarray) -> np.ndarray:
     """Axis * angle of a rotation matrix (for angular velocities between targets)."""
-    angle = math.acos(max(-1.0, min(1.0, (np.trace(r) - 1.0) / 2.0)))
-    if angle < 1e-9:
-        return np.zeros(3)
-    w = np.array([r[2, 1] - r[1, 2], r[0, 2] - r[2, 0], r[1, 0] - r[0, 1]])
-    if math.pi - angle < 1e-6:  # 180 degrees: the axis from the symmetric part
-        axis = np.sqrt(np.clip((np.diag(r) + 1.0) / 2.0, 0, None))
-        return axis * angle
-    return w / (2.0 * math.sin(angle)) * angle
+    return rotation_error(r, np.eye(3))
 
 
 def chunk_velocities(pos: np.ndarray, rot: np.ndarray, dt: float, start_pos: np.ndarray,
@@ -134,16 +126,6 @@ def chunk_velocities(pos: np.ndarray, rot: np.ndarray, dt: float, start_pos: np.
         lin[i] = (p[i + 2] - p[i]) / (2 * dt)
         ang[i] = r[i] @ rotation_vector(r[i].T @ r[i + 2]) / (2 * dt)  # in the base frame
     return lin, ang
-
-
-def rotvec_to_matrix(w: np.ndarray) -> np.ndarray:
-    """Rodrigues: rotation vector (axis * angle) -> matrix."""
-    angle = float(np.linalg.norm(w))
-    if angle < 1e-12:
-        return np.eye(3)
-    k = w / angle
-    kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
-    return np.eye(3) + math.sin(angle) * kx + (1 - math.cos(angle)) * kx @ kx
 
 
 class ChunkSchedule:
