@@ -152,12 +152,20 @@ class Watchdog:
             self._beats[name] = [time.monotonic(), float(timeout_s)]
             self._tripped.discard(name)
 
+    def unwatch(self, name: str) -> None:
+        with self._lock:
+            self._beats.pop(name, None)
+            self._tripped.discard(name)
+
     def beat(self, name: str, host_s: float | None = None) -> None:
         with self._lock:
             if name not in self._beats:
                 raise KeyError(f"watchdog is not watching '{name}'")
-            self._beats[name][0] = time.monotonic() if host_s is None else host_s
-            self._tripped.discard(name)
+            now = time.monotonic()
+            beat = self._beats[name]
+            beat[0] = now if host_s is None else host_s
+            if now - beat[0] <= beat[1]:  # only a fresh sample re-arms a tripped heartbeat
+                self._tripped.discard(name)
 
     def check(self, now: float | None = None) -> list[tuple[str, float]]:
         """Trip every stale heartbeat not tripped yet; returns what tripped now."""
