@@ -1,0 +1,263 @@
+"""Run a policy on the Franka: `python real/deploy.py --ckpt PATH`.
+
+    python real/deploy.py --ckpt checkpoints/one_leg_pixel_bc.pt --robot-host 172.16.0.2
+    python real/deploy.py --ckpt policy.onnx --dry-run                 # no motion: logs what would be sent
+    python real/deploy.py --ckpt PATH --config my_cell.yaml robot.dynamics_factor=0.1 cameras.0.serial=123
+
+The checkpoint (or an exported artefact, policy/export.py) says what the policy reads; the
+cameras it names are opened from the config (`cameras`: name, serial, resolution, fixed
+exposure, crop), the robot through franky (connect timeout, state stream, streamed chunk
+execution), every chunk through the safety layer, a watchdog on inference, cameras and robot
+state, Ctrl-C / SIGTERM end the episode with the arm stopped. Every rollout is written to a
+zarr dataset (data/'s writer: observations, executed actions, timestamps, latencies, safety
+events) and a video with the timing overlaid, so it can be replayed and inspected.
+
+Configuration: `DeployConfig` below, from an optional YAML (`--config`) and `key=value`
+overrides (unknown keys are errors naming them); the flags set the common ones.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as _dt
+import json
+import logging
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `python real/deploy.py` from a checkout
+    sys.path.insert(0, str(ROOT))
+
+from data.typed_config import from_mapping  # noqa: E402
+from real.cameras import CameraConfig, CameraError, CameraSet, RealSenseCamera  # noqa: E402
+from real.controller import Controller, ControllerConfig, EpisodeResult  # noqa: E402
+from real.robot import FrankaRobot, RobotConfig, RobotError  # noqa: E402
+from real.safety import SafetyConfig, SafetyLayer, Watchdog  # noqa: E402
+
+log = logging.getLogger("deploy")
+
+
+def _default_cameras() -> list[CameraConfig]:
+    return [CameraConfig(name="front"), CameraConfig(name="wrist")]
+
+
+@dataclass
+class DeployConfig:
+    ckpt: str = ""
+    use_ema: bool = True
+    episodes: int = 1  # episodes to run (the operator resets the scene between them)
+    robot: RobotConfig = field(default_factory=RobotConfig)
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
+    controller: ControllerConfig = field(default_factory=ControllerConfig)
+    cameras: list[CameraConfig] = field(default_factory=_default_cameras)
+    home_before_episode: bool = True
+    out_dir: str = "runs/deploy/{now}"
+    record: bool = True
+    video: bool = True
+    wait_for_operator: bool = True  # ask before each episode (reset the scene, then Enter)
+
+
+def load_config(path: str | None, overrides: list[str]) -> DeployConfig:
+    from omegaconf import OmegaConf
+
+    base = OmegaConf.create(dataclasses.asdict(DeployConfig()))
+    if path:
+        base = OmegaConf.merge(base, OmegaConf.load(path))
+    import yaml
+
+    for item in overrides:  # key=value, list items by index (cameras.0.serial=123)
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"override '{item}' is not key=value")
+        parsed = value if key.endswith(".serial") else yaml.safe_load(value)  # serials are digit strings
+        OmegaConf.update(base, key, parsed, merge=True)
+    return from_mapping(DeployConfig, OmegaConf.to_container(base, resolve=True), where="deploy")
+
+
+class EpisodeLog:
+    """Per control step: the newest observation, the action executing, timestamps, latency and
+    cumulative safety events; written as one dataset episode (and a video) when it ends."""
+
+    def __init__(self, controller: Controller, safety: SafetyLayer):
+        self.controller, self.safety = controller, safety
+        self.rows: list[dict[str, np.ndarray]] = []
+        self.t0 = time.monotonic()
+
+    def __call__(self, k: int, obs: dict[str, np.ndarray], action: np.ndarray | None) -> None:
+        chunks = self.controller._chunks
+        row = {key: np.asarray(v[0, -1]) for key, v in obs.items()}
+        row["action"] = np.full(10, np.nan, np.float32) if action is None else np.asarray(action, np.float32)
+        row["timestamp"] = np.float64(time.monotonic() - self.t0)
+        row["latency"] = np.float32(chunks[-1].latency_s if chunks else np.nan)
+        row["safety_events"] = np.int32(sum(self.safety.summary().values()))
+        self.rows.append(row)
+
+    def frames(self) -> dict[str, np.ndarray]:
+        return {k: np.stack([r[k] for r in self.rows]) for k in self.rows[0]} if self.rows else {}
+
+
+def write_video(path: Path, frames: dict[str, np.ndarray], fps: float) -> Path | None:
+    """The episode's camera frames side by side with step, latency and safety events overlaid."""
+    cams = sorted(k for k in frames if k.startswith("rgb/"))
+    if not cams:
+        return None
+    import cv2
+    import imageio.v2 as imageio
+
+    with imageio.get_writer(str(path), fps=fps, macro_block_size=1) as w:
+        for i in range(len(frames[cams[0]])):
+            img = np.concatenate([cv2.resize(frames[c][i], (192, 192), interpolation=cv2.INTER_NEAREST)
+                                  for c in cams], axis=1)
+            text = f"step {i}  lat {1e3 * float(frames['latency'][i]):.0f} ms  safety {int(frames['safety_events'][i])}"
+            cv2.putText(img, text, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 0), 1, cv2.LINE_AA)
+            w.append_data(img)
+    return path
+
+
+def open_cameras(cfg: DeployConfig, policy) -> CameraSet | None:
+    needed = [k[len("rgb/"):] for k in policy.obs_keys if k.startswith("rgb/")]
+    if not needed:
+        return None
+    by_name = {c.name: c for c in cfg.cameras}
+    missing = [n for n in needed if n not in by_name]
+    if missing:
+        raise CameraError(f"the policy reads cameras {needed}; the config has {sorted(by_name)}: add {missing}")
+    cams = []
+    for name in needed:
+        c = dataclasses.replace(by_name[name], out_hw=list(policy.image_hw))
+        cams.append(RealSenseCamera(c))
+    return CameraSet(cams)
+
+
+def run(cfg: DeployConfig, policy, robot: FrankaRobot, cameras: CameraSet | None = None,
+        extra_obs=None, done=None, judge=None, operator=input) -> list[dict[str, Any]]:
+    """The episodes: the caller owns the connected robot and the started cameras. `done()` ends
+    an episode early (e.g. the simulator's success in rehearsal), `judge()` says whether it
+    succeeded (None: unknown on hardware)."""
+    out = Path(cfg.out_dir.replace("{now}", _dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")))
+    out.mkdir(parents=True, exist_ok=True)
+    safety = SafetyLayer(cfg.safety)
+    controller: Controller | None = None
+
+    def trip(name: str, age: float) -> None:
+        log.error("watchdog: %s silent for %.0f ms: stopping", name, 1e3 * age)
+        if controller is not None:
+            controller.request_stop()
+
+    writer = None
+    if cfg.record:
+        from data.episodes import EpisodeWriter
+
+        path = out / "rollouts.zarr"
+        writer = EpisodeWriter.append_to(path) if path.exists() else EpisodeWriter.create(
+            path, attrs={"task": "deploy", "checkpoint": cfg.ckpt, "schema": getattr(policy, "schema", None) or {}})
+    summaries = []
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    stop_all = {"requested": False}
+
+    def on_signal(signum, frame):
+        log.warning("signal %d: stopping the episode (the arm stops)", signum)
+        stop_all["requested"] = True
+        if controller is not None:
+            controller.request_stop()
+
+    for s in previous:
+        signal.signal(s, on_signal)
+    try:
+        with Watchdog(trip, safety=safety) as dog:
+            for ep in range(cfg.episodes):
+                if stop_all["requested"]:
+                    break
+                if cfg.wait_for_operator and operator is not None:
+                    operator(f"episode {ep + 1}/{cfg.episodes}: reset the scene, then press Enter (Ctrl-C quits) ")
+                if cfg.home_before_episode and not cfg.controller.dry_run:
+                    robot.move_home()
+                controller = Controller(policy, robot, safety, cfg.controller, cameras=cameras, extra_obs=extra_obs,
+                                        watchdog=dog)
+                elog = EpisodeLog(controller, safety)
+                result: EpisodeResult = controller.run_episode(done=done, on_step=elog)
+                success = judge() if judge is not None else None
+                frames = elog.frames()
+                summary = {"episode": ep, **result.summary(), "success": success}
+                if writer is not None and frames:
+                    summary["dataset_index"] = writer.add_episode(
+                        frames, success=bool(success), source="real", outcome="unjudged" if success is None else
+                        ("success" if success else "failure"), end_reason=result.reason, checkpoint=cfg.ckpt,
+                        safety=result.safety, dropped_actions=result.dropped_actions)
+                if cfg.video and frames:
+                    v = write_video(out / f"episode_{ep:03d}.mp4", frames, cfg.controller.control_hz)
+                    summary["video"] = str(v) if v else None
+                summaries.append(summary)
+                log.info("episode %d: %s", ep, json.dumps(summary))
+                if result.reason in ("safety", "error"):
+                    robot.recover()
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        (out / "summary.json").write_text(json.dumps(summaries, indent=2, default=str))
+    return summaries
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python real/deploy.py", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--ckpt", required=True, help="policy checkpoint (.pt) or exported artefact (.onnx/.ts/.pt2)")
+    ap.add_argument("--config", default=None, help="YAML with DeployConfig keys")
+    ap.add_argument("--robot-host", default=None)
+    ap.add_argument("--episodes", type=int, default=None)
+    ap.add_argument("--max-steps", type=int, default=None, help="control steps per episode")
+    ap.add_argument("--dry-run", action="store_true", help="no motion: log what would be sent")
+    ap.add_argument("--rehearse", action="store_true",
+                    help="the embedded simulator as the world, franky-sim as the arm (not built yet)")
+    ap.add_argument("overrides", nargs="*", help="key=value overrides of DeployConfig (e.g. robot.dynamics_factor=0.1)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    flags = [f"ckpt={args.ckpt}"]
+    if args.robot_host:
+        flags.append(f"robot.host={args.robot_host}")
+    if args.episodes is not None:
+        flags.append(f"episodes={args.episodes}")
+    if args.max_steps is not None:
+        flags.append(f"controller.max_steps={args.max_steps}")
+    if args.dry_run:
+        flags.append("controller.dry_run=true")
+    cfg = load_config(args.config, flags + list(args.overrides))
+    if args.rehearse:
+        print("--rehearse: the rehearsal world (the simulator following franky-sim) is not built yet; "
+              "deploy against franky-sim directly with --robot-host 127.0.0.2 after starting it", file=sys.stderr)
+        return 2
+    import policy as policy_pkg
+
+    pi = policy_pkg.load(cfg.ckpt, use_ema=cfg.use_ema)
+    if any(k not in ("state",) and not k.startswith("rgb/") for k in pi.obs_keys):
+        extra = [k for k in pi.obs_keys if k != "state" and not k.startswith("rgb/")]
+        print(f"{cfg.ckpt} reads {extra}, which only the simulator provides for now (part poses from AprilTags "
+              f"are issue 16): use a pixel policy, or --rehearse", file=sys.stderr)
+        return 2
+    cameras = None
+    try:
+        cameras = open_cameras(cfg, pi)
+        if cameras is not None:  # before the robot: a missing camera is named before anything moves
+            cameras.start()
+        with FrankaRobot(cfg.robot) as robot:
+            summaries = run(cfg, pi, robot, cameras)
+    except (RobotError, CameraError) as e:
+        print(f"deploy: {e}", file=sys.stderr)
+        return 1
+    finally:
+        if cameras is not None:
+            cameras.stop()
+    for s in summaries:
+        print(f"episode {s['episode']}: {s['reason']} after {s['steps']} steps, latency {s['latency_ms_median']:.0f} ms "
+              f"median, {s['dropped_actions']} actions dropped, safety {s['safety'] or 'clean'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
