@@ -106,18 +106,18 @@ class ObservationAssembler:
         frames: dict[str, list[np.ndarray]] = {k: [] for k in self.obs_keys}
         stamps: dict[str, float] = {}
         for tk in times:
+            extra = dict(self.extra_obs(tk)) if self.extra_obs is not None else {}  # overrides the robot's
             state = self.robot.state_before(tk)
             if "state" in frames:
-                frames["state"].append(state.state_vector())
+                frames["state"].append(np.asarray(extra.pop("state", state.state_vector())))
             stamps["robot"] = state.host_s
             for cam in self.cams:
                 f = self.cameras.cameras[cam].frame_before(tk)
                 frames[f"rgb/{cam}"].append(self.cameras.cameras[cam].policy_image(f))
                 stamps[f"camera/{cam}"] = f.host_s
-            if self.extra_obs is not None:
-                for key, value in self.extra_obs(tk).items():
-                    if key in frames:
-                        frames[key].append(np.asarray(value))
+            for key, value in extra.items():
+                if key in frames:
+                    frames[key].append(np.asarray(value))
         missing = [k for k, v in frames.items() if len(v) != self.history]
         if missing:
             raise ControllerError(f"no source for observation keys {missing} (cameras, robot state, extra_obs)")
@@ -167,8 +167,8 @@ class Controller:
             with self._lock:
                 self._chunks.append(ChunkRecord(t_obs, latency, due[:0], raw[:0], raw, int(len(raw))))
             return
-        cur = self.robot.latest_state()
-        safe = self.safety.check_chunk(raw[keep], cur.ee_pos, cur.ee_rot, dt)
+        ref_pos, ref_rot = self._reference_before(float(due[keep][0]))
+        safe = self.safety.check_chunk(raw[keep], ref_pos, ref_rot, dt)
         if self.cfg.dry_run:
             self.would_send.append(safe)
             log.info("dry run: would send %d actions, first %s", len(safe), np.round(safe[0, :3], 4).tolist())
@@ -176,6 +176,21 @@ class Controller:
             self.robot.execute_chunk(safe, dt, start_s=float(due[keep][0] - dt))
         with self._lock:
             self._chunks.append(ChunkRecord(t_obs, latency, due[keep], safe, raw, int((~keep).sum())))
+
+    def _reference_before(self, due: float) -> tuple[np.ndarray, np.ndarray]:
+        """The pose the arm is commanded to be at one step before `due`: the previous chunk's
+        target due then (the measured pose lags the reference by tens of ms, which would read
+        as speed), else the measured pose. The speed limits apply to the commanded path."""
+        from data.rotation import rot6d_to_matrix
+
+        with self._lock:
+            prev = next((c for c in reversed(self._chunks) if len(c.due_s)), None)
+        if prev is not None:
+            i = int(np.searchsorted(prev.due_s, due - self.cfg.dt + 1e-6, side="right")) - 1
+            if 0 <= i < len(prev.actions) and prev.due_s[-1] >= due - self.cfg.dt - 1e-6:
+                return prev.actions[i, :3], rot6d_to_matrix(prev.actions[i, 3:9])
+        cur = self.robot.latest_state()
+        return cur.ee_pos, cur.ee_rot
 
     def _inference_loop(self) -> None:
         while not self._stop.is_set():

@@ -24,6 +24,7 @@ import json
 import logging
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python real/deploy.py` from a checkout
     sys.path.insert(0, str(ROOT))
 
+from data.rotation import matrix_to_rot6d  # noqa: E402
 from data.typed_config import from_mapping  # noqa: E402
 from real.cameras import CameraConfig, CameraError, CameraSet, RealSenseCamera  # noqa: E402
 from real.controller import Controller, ControllerConfig, EpisodeResult  # noqa: E402
@@ -136,12 +138,17 @@ def open_cameras(cfg: DeployConfig, policy) -> CameraSet | None:
     return CameraSet(cams)
 
 
+def resolve_out_dir(cfg: DeployConfig) -> str:
+    return cfg.out_dir.replace("{now}", _dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S"))
+
+
 def run(cfg: DeployConfig, policy, robot: FrankaRobot, cameras: CameraSet | None = None,
-        extra_obs=None, done=None, judge=None, operator=input) -> list[dict[str, Any]]:
+        extra_obs=None, done=None, judge=None, operator=input, source: str = "real",
+        first_episode: int = 0) -> list[dict[str, Any]]:
     """The episodes: the caller owns the connected robot and the started cameras. `done()` ends
     an episode early (e.g. the simulator's success in rehearsal), `judge()` says whether it
     succeeded (None: unknown on hardware)."""
-    out = Path(cfg.out_dir.replace("{now}", _dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")))
+    out = Path(resolve_out_dir(cfg))
     out.mkdir(parents=True, exist_ok=True)
     safety = SafetyLayer(cfg.safety)
     controller: Controller | None = None
@@ -172,7 +179,7 @@ def run(cfg: DeployConfig, policy, robot: FrankaRobot, cameras: CameraSet | None
         signal.signal(s, on_signal)
     try:
         with Watchdog(trip, safety=safety) as dog:
-            for ep in range(cfg.episodes):
+            for ep in range(first_episode, first_episode + cfg.episodes):
                 if stop_all["requested"]:
                     break
                 if cfg.wait_for_operator and operator is not None:
@@ -188,7 +195,7 @@ def run(cfg: DeployConfig, policy, robot: FrankaRobot, cameras: CameraSet | None
                 summary = {"episode": ep, **result.summary(), "success": success}
                 if writer is not None and frames:
                     summary["dataset_index"] = writer.add_episode(
-                        frames, success=bool(success), source="real", outcome="unjudged" if success is None else
+                        frames, success=bool(success), source=source, outcome="unjudged" if success is None else
                         ("success" if success else "failure"), end_reason=result.reason, checkpoint=cfg.ckpt,
                         safety=result.safety, dropped_actions=result.dropped_actions)
                 if cfg.video and frames:
@@ -201,7 +208,156 @@ def run(cfg: DeployConfig, policy, robot: FrankaRobot, cameras: CameraSet | None
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
-        (out / "summary.json").write_text(json.dumps(summaries, indent=2, default=str))
+        old = json.loads((out / "summary.json").read_text()) if first_episode and (out / "summary.json").exists() else []
+        (out / "summary.json").write_text(json.dumps(old + summaries, indent=2, default=str))
+    return summaries
+
+
+# The simulator's grip site relative to franky's default hand TCP (measured at franky-sim's ready
+# pose, docs/deploy.md): 6.9 mm nearer the flange, rotated -90 degrees about the tool axis.
+SIM_TCP_OFFSET = ([0.0, 0.0, -0.0069], -90.0)
+
+
+@dataclass
+class RehearsalConfig:
+    seed: int = 100_000  # episode e runs the simulator's standard reset with seed + e
+    randomness: str = "low"
+    host: str = "127.0.0.2"  # franky-sim's loopback address
+    camera_width: int = 320  # rendered frames, cropped/resized to the policy's images like a camera's
+    camera_height: int = 240
+    approach_s: float = 3.0  # time to bring franky-sim's arm to the episode's start pose
+    # franky-sim's floor lies at the simulator's table height: its arm works this much higher
+    # (the world follows it shifted back), so its fingers never meet a floor the world has not
+    franky_z_offset: float = 0.15
+    world_hz: float = 50.0  # the world follows franky-sim's arm at this rate (its lag: one period)
+    start_tolerance_m: float = 0.01
+
+
+class Rehearsal:
+    """The embedded one_leg simulator as the world around franky-sim: a thread steps it at the
+    control rate following franky-sim's EE pose and commanded gripper width, renders the policy's
+    cameras into software RealSense devices, and answers part poses and success."""
+
+    def __init__(self, rcfg: RehearsalConfig, robot: FrankaRobot, camera_names, control_hz: float):
+        from real.cameras import SoftwareCamera
+        from sim.config import EnvConfig
+        from sim.follower import FollowerWorld
+
+        self.rcfg, self.robot, self.dt = rcfg, robot, 1.0 / rcfg.world_hz
+        self.frame_every = max(1, int(round(rcfg.world_hz / control_hz)))  # camera frames at the control rate
+        self.world = FollowerWorld(EnvConfig(randomness=rcfg.randomness, control_hz=rcfg.world_hz,
+                                             max_episode_steps=10**9))
+        self.cameras = None
+        if camera_names:
+            cams = [SoftwareCamera(CameraConfig(name=n, width=rcfg.camera_width, height=rcfg.camera_height,
+                                                fps=int(round(control_hz)), stale_after_s=3.0 / control_hz))
+                    for n in camera_names]
+            self.cameras = CameraSet(cams)
+        self._stop = threading.Event()
+        # every simulator call that renders runs on this one thread: an EGL context is current
+        # on the thread that made it
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._exec = ThreadPoolExecutor(1, thread_name_prefix="rehearsal-world")
+        self._loop_future = None
+        self.error: BaseException | None = None
+
+    def with_policy_images(self, image_hw) -> None:
+        for cam in (self.cameras.cameras.values() if self.cameras is not None else ()):
+            cam.cfg.out_hw = list(image_hw)
+
+    def _push_frames(self) -> None:
+        for name, cam in (self.cameras.cameras.items() if self.cameras is not None else ()):
+            cam.push(self.world.render(name, self.rcfg.camera_height, self.rcfg.camera_width))
+
+    def start_episode(self, episode: int) -> None:
+        pos, rot, width = self._exec.submit(self.world.reset, self.rcfg.seed + episode).result()
+        target = np.concatenate([pos, matrix_to_rot6d(rot), [width]])
+        self.robot.execute_chunk(target[None], dt=self.rcfg.approach_s)
+        self.robot.wait_motion(self.rcfg.approach_s + 5.0)
+        time.sleep(0.5)
+        err = float(np.linalg.norm(self.robot.latest_state().ee_pos - pos))
+        if err > self.rcfg.start_tolerance_m:
+            raise RobotError(f"franky-sim's arm did not reach the episode's start pose ({1e3 * err:.1f} mm off)")
+        if self.cameras is not None:
+            self._exec.submit(self._push_frames).result()
+        self._stop.clear()
+        self._loop_future = self._exec.submit(self._loop)
+
+    def _loop(self) -> None:
+        next_t = time.monotonic()
+        k = 0
+        try:
+            while not self._stop.is_set():
+                s = self.robot.latest_state()
+                self.world.follow(s.ee_pos, s.ee_rot, self.robot.gripper_target)
+                k += 1
+                if k % self.frame_every == 0:
+                    self._push_frames()
+                next_t += self.dt
+                time.sleep(max(0.0, next_t - time.monotonic()))
+        except BaseException as e:  # noqa: BLE001 - the episode ends on it
+            self.error = e
+            log.exception("rehearsal world failed")
+
+    def end_episode(self) -> None:
+        self._stop.set()
+        if self._loop_future is not None:
+            self._loop_future.result(timeout=5.0)
+            self._loop_future = None
+
+    def close(self) -> None:
+        self.end_episode()
+        self._exec.submit(self.world.close).result()
+        self._exec.shutdown()
+
+    def extra_obs(self, t: float) -> dict[str, np.ndarray]:
+        """What the cell measures besides the arm: part poses, and the gripper width the world
+        measures (its fingers stop on the leg; franky-sim's close on nothing). The EE pose is the
+        robot's (franky-sim's), as on hardware: with the world's own EE pose instead, the policy
+        saw the follower's lag and failed earlier (leg never upright on seed 100003)."""
+        state = self.robot.state_before(t).state_vector()
+        state[9] = self.world.gripper_width()
+        return {"state": state, "parts": self.world.parts()}
+
+    def done(self) -> bool:
+        return self.world.success or self.world.terminated or self.error is not None
+
+
+def rehearse(cfg: DeployConfig, rcfg: RehearsalConfig, pi) -> list[dict[str, Any]]:
+    """`--rehearse`: franky-sim as the arm, the simulator as the world, the unchanged deploy stack."""
+    from real.franky_sim import FrankySim
+
+    cameras = [k[len("rgb/"):] for k in pi.obs_keys if k.startswith("rgb/")]
+    out_dir = resolve_out_dir(cfg)
+    with FrankySim(rcfg.host) as sim:
+        rcfg_robot = dataclasses.replace(cfg.robot, host=sim.host, tcp_offset=list(SIM_TCP_OFFSET[0]),
+                                         tcp_rot_z_deg=SIM_TCP_OFFSET[1], base_offset=[0.0, 0.0, rcfg.franky_z_offset])
+        with FrankaRobot(rcfg_robot) as robot:
+            reh = Rehearsal(rcfg, robot, cameras, cfg.controller.control_hz)
+            reh.with_policy_images(getattr(pi, "image_hw", (96, 96)))
+            if reh.cameras is not None:
+                reh.cameras.start(first_frame_timeout_s=None)
+            summaries = []
+            try:
+                for ep in range(cfg.episodes):
+                    reh.start_episode(ep)
+                    one = dataclasses.replace(cfg, episodes=1, home_before_episode=False, wait_for_operator=False,
+                                              out_dir=out_dir)
+                    try:
+                        s = run(one, pi, robot, reh.cameras, extra_obs=reh.extra_obs, done=reh.done,
+                                judge=lambda: reh.world.success, source="policy", first_episode=ep)[0]
+                    finally:
+                        reh.end_episode()
+                    s.update(episode=ep, seed=rcfg.seed + ep, milestones=reh.world.milestones,
+                             sim_steps=reh.world.steps)
+                    summaries.append(s)
+                    log.info("rehearsal episode %d (seed %d): %s", ep, rcfg.seed + ep,
+                             "success" if s["success"] else "failure")
+            finally:
+                if reh.cameras is not None:
+                    reh.cameras.stop()
+                reh.close()
     return summaries
 
 
@@ -214,7 +370,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-steps", type=int, default=None, help="control steps per episode")
     ap.add_argument("--dry-run", action="store_true", help="no motion: log what would be sent")
     ap.add_argument("--rehearse", action="store_true",
-                    help="the embedded simulator as the world, franky-sim as the arm (not built yet)")
+                    help="no hardware: franky-sim as the arm, the embedded one_leg simulator as the world")
+    ap.add_argument("--seed", type=int, default=100_000, help="--rehearse: first episode seed")
     ap.add_argument("overrides", nargs="*", help="key=value overrides of DeployConfig (e.g. robot.dynamics_factor=0.1)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
@@ -228,13 +385,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         flags.append("controller.dry_run=true")
     cfg = load_config(args.config, flags + list(args.overrides))
-    if args.rehearse:
-        print("--rehearse: the rehearsal world (the simulator following franky-sim) is not built yet; "
-              "deploy against franky-sim directly with --robot-host 127.0.0.2 after starting it", file=sys.stderr)
-        return 2
     import policy as policy_pkg
 
     pi = policy_pkg.load(cfg.ckpt, use_ema=cfg.use_ema)
+    if args.rehearse:
+        try:
+            summaries = rehearse(cfg, RehearsalConfig(seed=args.seed), pi)
+        except (RobotError, CameraError, RuntimeError) as e:
+            print(f"deploy --rehearse: {e}", file=sys.stderr)
+            return 1
+        for s in summaries:
+            print(f"episode {s['episode']} (seed {s['seed']}): {'success' if s['success'] else 'failure'} "
+                  f"({s['reason']} after {s['steps']} steps; milestones {s['milestones']}), latency "
+                  f"{s['latency_ms_median']:.0f} ms median, {s['dropped_actions']} actions dropped, safety "
+                  f"{s['safety'] or 'clean'}")
+        n = len(summaries)
+        print(f"rehearsal: {sum(bool(s['success']) for s in summaries)}/{n} successes (judged by the simulator)")
+        return 0
     if any(k not in ("state",) and not k.startswith("rgb/") for k in pi.obs_keys):
         extra = [k for k in pi.obs_keys if k != "state" and not k.startswith("rgb/")]
         print(f"{cfg.ckpt} reads {extra}, which only the simulator provides for now (part poses from AprilTags "

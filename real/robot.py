@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -69,6 +70,14 @@ class RobotConfig:
     state_hz: float = 200.0
     state_ring: int = 2000
     waypoint_min_time: bool = True  # pace the waypoints at their scheduled times
+    # the policy's EE frame relative to franky's (its configured TCP): a translation in franky's
+    # EE frame (m) and a rotation about its tool axis (deg). States are reported and targets
+    # taken in the policy's frame (e.g. the simulator's grip site: docs/deploy.md).
+    tcp_offset: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    tcp_rot_z_deg: float = 0.0
+    # the policy's base-frame origin in franky's base frame (m); non-zero only to rehearse above
+    # franky-sim's floor, which lies where the simulator's table is
+    base_offset: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
     chunk_motion: str = "impedance"  # impedance: our own C1 interpolation streamed to franky's
     #   CartesianImpedanceTracker | waypoints: one CartesianWaypointMotion per chunk (steps back
     #   along the path by up to ~1 mm in franky-sim; docs/benchmarks.md, chunk tracking)
@@ -160,6 +169,11 @@ class ChunkSchedule:
         return pos, rot, vel, self.r[j] @ self.w[j] / h
 
 
+def _rot_z(deg: float) -> np.ndarray:
+    c, s = math.cos(math.radians(deg)), math.sin(math.radians(deg))
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
 class FrankaRobot:
     """One Franka arm (and hand) at `cfg.host`. Use as a context manager: connected, streaming
     its state, and stopped on exit whatever happened."""
@@ -177,6 +191,9 @@ class FrankaRobot:
         self._gripper_busy = threading.Lock()
         self._error: BaseException | None = None
         self.chunks_sent = 0
+        self._off_p = np.asarray(cfg.tcp_offset, dtype=np.float64)
+        self._base = np.asarray(cfg.base_offset, dtype=np.float64)
+        self._off_r = _rot_z(cfg.tcp_rot_z_deg)
         self._tracker = None
         self._schedule: ChunkSchedule | None = None
         self._schedule_lock = threading.Lock()
@@ -251,14 +268,30 @@ class FrankaRobot:
         for t in self._threads:
             t.start()
 
+    def to_franky(self, pos: np.ndarray, rot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A pose of the policy's EE frame -> the franky EE pose that realises it."""
+        r = rot @ self._off_r.T
+        return pos + self._base - r @ self._off_p, r
+
+    def from_franky(self, pos: np.ndarray, rot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return pos - self._base + rot @ self._off_p, rot @ self._off_r
+
+    @property
+    def gripper_target(self) -> float:
+        """The last commanded gripper width (the current width before any command)."""
+        return self._gripper_target if self._gripper_target is not None else self._width
+
     def read_state(self) -> RobotState:
-        """One state read from franky now (what the stream thread does at `state_hz`)."""
+        """One state read from franky now (what the stream thread does at `state_hz`), in the
+        policy's EE frame (`tcp_offset`, `tcp_rot_z_deg`)."""
         cart = self.robot.current_cartesian_state
         joints = self.robot.current_joint_state
         t = np.asarray(cart.pose.end_effector_pose.matrix)
         tw = cart.velocity.end_effector_twist
-        return RobotState(time.monotonic(), t[:3, 3].copy(), t[:3, :3].copy(), np.asarray(tw.linear, float),
-                          np.asarray(tw.angular, float), np.asarray(joints.position, float),
+        lin, ang = np.asarray(tw.linear, float), np.asarray(tw.angular, float)
+        pos, rot = self.from_franky(t[:3, 3], t[:3, :3])
+        lin = lin + np.cross(ang, t[:3, :3] @ self._off_p)  # the offset point's velocity
+        return RobotState(time.monotonic(), pos, rot, lin, ang, np.asarray(joints.position, float),
                           np.asarray(joints.velocity, float), self._width)
 
     def _state_loop(self) -> None:
@@ -319,14 +352,16 @@ class FrankaRobot:
             raise ValueError("refusing a chunk with NaN/Inf targets")
         now = time.monotonic()
         start_s = now if start_s is None else start_s
-        pos, rot = actions[:, :3], rot6d_to_matrix(actions[:, 3:9])
+        pos, rot = actions[:, :3].copy(), rot6d_to_matrix(actions[:, 3:9])
+        for i in range(len(pos)):  # franky's EE frame from here on
+            pos[i], rot[i] = self.to_franky(pos[i], rot[i])
         if self.cfg.chunk_motion == "impedance":
             self._stream_chunk(pos, rot, dt, start_s, now)
             self.chunks_sent += 1
             self.command_gripper(float(actions[0, 9]))
             return
         cur = self.latest_state()
-        lin, ang = chunk_velocities(pos, rot, dt, cur.ee_pos, cur.ee_rot)
+        lin, ang = chunk_velocities(pos, rot, dt, *self.to_franky(cur.ee_pos, cur.ee_rot))
         waypoints = []
         for i in range(len(actions)):
             pose = fr.RobotPose(fr.Affine(pose_matrix(pos[i], rot[i])))
@@ -349,7 +384,7 @@ class FrankaRobot:
         with self._schedule_lock:
             if self._schedule is None:
                 s = self.latest_state()
-                p0, r0, v0 = s.ee_pos, s.ee_rot, np.zeros(3)
+                (p0, r0), v0 = self.to_franky(s.ee_pos, s.ee_rot), np.zeros(3)
             else:
                 p0, r0, v0, _ = self._schedule.at(now)
         times = np.concatenate([[now], start_s + dt * np.arange(1, len(pos) + 1)])

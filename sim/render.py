@@ -10,6 +10,12 @@ import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
+try:  # triton (pulled in by torch's CUDA wheels) bundles its own LLVM; imported after Mesa's
+    # llvmpipe has loaded libLLVM for an EGL context it segfaults (measured: any torch.export or
+    # torch.compile after a render). Loaded first, both work.
+    import triton.runtime  # noqa: F401, E402
+except Exception:  # noqa: BLE001 - absent or broken triton: nothing to protect
+    pass
 import atexit  # noqa: E402
 import weakref  # noqa: E402
 

@@ -26,7 +26,6 @@ def test_config_overrides_are_typed_and_checked():
 def test_cli_errors_are_clear(capsys):
     assert main(["--ckpt", "checkpoints/one_leg_state_bc.pt", "--robot-host", "127.0.0.34"]) == 2
     assert "reads ['parts']" in capsys.readouterr().err
-    assert main(["--ckpt", PIXEL, "--rehearse"]) == 2
     assert main(["--ckpt", PIXEL, "--robot-host", "127.0.0.35", "robot.connect_timeout_s=1.0",
                  "cameras.0.serial=123"]) == 1
     assert "serial 123 is not connected" in capsys.readouterr().err

@@ -175,3 +175,23 @@ def test_chunk_schedule_is_c1_through_its_knots():
     assert np.allclose(sched.at(1.0)[0], p[-1]) and np.allclose(sched.at(1.0)[2], 0)
     eps = 1e-6  # the velocity it reports is the derivative of the positions it reports
     assert np.allclose((sched.at(0.15 + eps)[0] - sched.at(0.15 - eps)[0]) / (2 * eps), sched.at(0.15)[2], atol=1e-5)
+
+
+@needs_sim
+def test_tcp_offset_reports_and_takes_poses_in_the_policys_frame(sim):
+    plain = RobotConfig(host=sim.host)
+    with FrankaRobot(plain) as r:
+        a = r.latest_state()
+    cfg = RobotConfig(host=sim.host, tcp_offset=[0.0, 0.0, -0.0069], tcp_rot_z_deg=-90.0)
+    with FrankaRobot(cfg) as r:
+        b = r.latest_state()
+        assert np.allclose(b.ee_pos, a.ee_pos + a.ee_rot @ [0, 0, -0.0069], atol=1e-4)
+        assert np.allclose(a.ee_rot.T @ b.ee_rot, [[0, 1, 0], [-1, 0, 0], [0, 0, 1]], atol=1e-3)
+        p, rot = r.to_franky(*r.from_franky(a.ee_pos, a.ee_rot))
+        assert np.allclose(p, a.ee_pos) and np.allclose(rot, a.ee_rot)
+        target = _line_chunk(b.ee_pos, b.state_vector()[3:9], [0.0, 0.0, -0.02], n=5)
+        r.execute_chunk(target, dt=0.1)  # 2 cm down, in the policy's frame
+        r.wait_motion(5.0)
+        time.sleep(1.0)
+        c = r.latest_state()
+        assert np.linalg.norm(c.ee_pos - target[-1, :3]) < 3e-3 and np.allclose(c.ee_rot, b.ee_rot, atol=0.02)
