@@ -96,6 +96,12 @@ def sidecar_path(artefact: str | Path) -> Path:
     return Path(str(artefact) + ".json")
 
 
+def input_names(obs_keys: Sequence[str]) -> list[str]:
+    """The artefact's input names: the observation keys ('/' is not allowed in ONNX names), then
+    the noise."""
+    return [k.replace("/", "_") for k in obs_keys] + [NOISE]
+
+
 def is_artefact(path: str | Path) -> bool:
     """An exported policy (by its suffix), as opposed to a training checkpoint."""
     return Path(path).suffix in SUFFIX.values()
@@ -205,15 +211,14 @@ def _latency(fn, runs: int) -> dict[str, float]:
 
 
 def _capture(graph: InferenceGraph, fmt: str, out: Path, example: tuple[torch.Tensor, ...], names: list[str],
-             opset: int | None) -> bool:
-    """Write the artefact; returns whether its batch size is free (else fixed to the example's)."""
+             opset: int | None) -> None:
+    """Write the artefact, its batch size free in every format (the parity check runs two sizes)."""
     batch = torch.export.Dim("batch", min=1, max=4096)
     dynamic = {"inputs": tuple({0: batch} for _ in example)}  # forward(*inputs)
     if fmt == "onnx":
         program = torch.export.export(graph, example, dynamic_shapes=dynamic)
         torch.onnx.export(program, example, str(out), input_names=names, output_names=["actions"],
                           opset_version=opset, external_data=False)
-        return True
     if fmt == "torchscript":
         import warnings
 
@@ -221,12 +226,9 @@ def _capture(graph: InferenceGraph, fmt: str, out: Path, example: tuple[torch.Te
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             traced = torch.jit.trace(graph, example, check_trace=False)
         traced.save(str(out))
-        return True
     if fmt == "aoti":
         program = torch.export.export(graph, example, dynamic_shapes=dynamic)
         torch._inductor.aoti_compile_and_package(program, package_path=str(out))
-        return True
-    raise ExportError(f"unknown export format '{fmt}' ({' | '.join(FORMATS)})")
 
 
 def export_policy(ckpt: str | Path, fmt: str = "onnx", out: str | Path | None = None, steps: int | None = None,
@@ -253,18 +255,18 @@ def export_policy(ckpt: str | Path, fmt: str = "onnx", out: str | Path | None = 
         torch.set_num_threads(threads)
     try:
         graph = InferenceGraph(policy, steps)
-        names = [k.replace("/", "_") for k in graph.obs_keys] + [NOISE]
+        names = input_names(graph.obs_keys)
         example = example_inputs(policy, max(2, int(example_batch)))
         with torch.no_grad():
             graph(*example)  # eager first: caches (normaliser constants) hold real tensors, not traced ones
         t0 = time.perf_counter()
-        dynamic = _capture(graph, fmt, out, example, names, opset)
+        _capture(graph, fmt, out, example, names, opset)
         export_s = time.perf_counter() - t0
         policy.normalizer.clear_cache()  # nothing the capture touched stays in the eager policy
         runner = _runner(fmt, out, device, threads)
 
         worst, per_batch = 0.0, {}
-        for i, b in enumerate(parity_batches if dynamic else (example_batch,)):
+        for i, b in enumerate(parity_batches):
             inputs = example_inputs(policy, b, seed=100 + i)
             with torch.no_grad():
                 ref = graph(*inputs).cpu().numpy()
@@ -290,7 +292,7 @@ def export_policy(ckpt: str | Path, fmt: str = "onnx", out: str | Path | None = 
         input_dtypes={n: str(x.dtype).removeprefix("torch.") for n, x in zip(names, example)},
         ddim_steps=graph.steps, obs_history=policy.obs_history, act_steps=policy.act_steps, horizon=policy.horizon,
         action_dim=policy.action_dim, exec_start=int(policy.cfg.exec_start), image_hw=list(policy.image_hw),
-        dynamic_batch=dynamic, device=device, use_ema=use_ema, schema=checkpoint_schema(policy),
+        dynamic_batch=True, device=device, use_ema=use_ema, schema=checkpoint_schema(policy),
         parity={"max_abs_action_diff": worst, "per_batch": per_batch, "tol": tol},
         latency_ms=latency)
     meta.save(sidecar_path(out))
@@ -315,7 +317,7 @@ class ExportedPolicy:
         self.meta = ExportMeta.load(sidecar_path(self.path))
         self.runner = _runner(self.meta.format, self.path, self.meta.device, threads)
         self.schema = self.meta.schema
-        self._names = [k.replace("/", "_") for k in self.meta.obs_keys] + [NOISE]
+        self._names = input_names(self.meta.obs_keys)
 
     obs_keys = property(lambda self: tuple(self.meta.obs_keys))
     obs_history = property(lambda self: self.meta.obs_history)
