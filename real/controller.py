@@ -27,6 +27,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from data.rotation import rot6d_to_matrix
 from real.safety import SafetyLayer, SafetyStop, Watchdog
 
 log = logging.getLogger("real.controller")
@@ -181,8 +182,6 @@ class Controller:
         """The pose the arm is commanded to be at one step before `due`: the previous chunk's
         target due then (the measured pose lags the reference by tens of ms, which would read
         as speed), else the measured pose. The speed limits apply to the commanded path."""
-        from data.rotation import rot6d_to_matrix
-
         with self._lock:
             prev = next((c for c in reversed(self._chunks) if len(c.due_s)), None)
         if prev is not None:

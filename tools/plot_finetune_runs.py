@@ -16,6 +16,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 
 @dataclass
 class EvalCurve:
@@ -86,8 +88,7 @@ def plot(curves: list[EvalCurve], out: Path, title: str | None = None) -> Path:
             a.fill_between(x, lo, hi, color=colour, alpha=0.15)
         if c.train_success:
             k = 5  # a running mean over 5 iterations: one iteration holds ~20 episodes
-            smooth = [sum(c.train_success[max(0, j - k + 1):j + 1]) / len(c.train_success[max(0, j - k + 1):j + 1])
-                      for j in range(len(c.train_success))]
+            smooth = [float(np.mean(c.train_success[max(0, j - k + 1):j + 1])) for j in range(len(c.train_success))]
             ax[2].plot(c.train_env_steps, smooth, color=colour, label=c.label)
     ax[0].set_xlabel("env steps")
     ax[1].set_xlabel("wall time (h, this machine)")
