@@ -249,6 +249,8 @@ def export_policy(ckpt: str | Path, fmt: str = "onnx", out: str | Path | None = 
     if not isinstance(policy, DiffusionPolicy):
         raise ExportError(f"{ckpt} holds a {type(policy).__name__}; export covers diffusion policies")
     out = Path(out) if out is not None else ckpt.with_suffix(SUFFIX[fmt])
+    if out.suffix != SUFFIX[fmt]:  # policy.load tells artefacts from checkpoints by the suffix
+        raise ExportError(f"a {fmt} artefact is named *{SUFFIX[fmt]}, got {out}")
     out.parent.mkdir(parents=True, exist_ok=True)
     previous_threads = torch.get_num_threads()
     if threads:

@@ -101,6 +101,8 @@ def test_what_cannot_be_exported(tmp_path):
         export_policy(GAUSSIAN, "onnx", tmp_path / "g.onnx")
     with pytest.raises(ExportError, match="unknown export format"):
         export_policy(STATE, "tflite", tmp_path / "x.tflite")
+    with pytest.raises(ExportError, match=r"named \*\.pt2"):
+        export_policy(STATE, "aoti", tmp_path / "x.aoti")
 
 
 @pytest.mark.slow

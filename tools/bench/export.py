@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from policy.export import export_policy
+from policy.export import SUFFIX, export_policy
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKPOINTS = {"state": ROOT / "checkpoints" / "one_leg_state_bc.pt", "pixel": ROOT / "checkpoints" / "one_leg_pixel_bc.pt"}
@@ -34,7 +34,7 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         for obs, ckpt in CHECKPOINTS.items():
             for fmt in args.formats:
-                meta = export_policy(ckpt, fmt, Path(tmp) / f"{obs}.{fmt}", latency_runs=args.runs, threads=args.threads)
+                meta = export_policy(ckpt, fmt, Path(tmp) / f"{obs}{SUFFIX[fmt]}", latency_runs=args.runs, threads=args.threads)
                 lat = meta.latency_ms
                 rows.append({"obs": obs, "format": fmt, "runtime": lat["runtime"],
                              "max_abs_action_diff": meta.parity["max_abs_action_diff"],
