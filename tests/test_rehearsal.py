@@ -48,4 +48,9 @@ def test_pixel_policy_rehearsal_renders_into_software_cameras(tmp_path):
 def test_cli_rehearsal_full_episodes(tmp_path, capsys):
     """Whole episodes, success judged by the simulator (~70 s each)."""
     assert main(["--ckpt", STATE, "--rehearse", "--episodes", "2", f"out_dir={tmp_path}"]) == 0
-    assert "successes (judged by the simulator)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    ds = EpisodeDataset(tmp_path / "rollouts.zarr")
+    outcomes = [m["outcome"] for m in ds.episodes_meta]
+    assert len(ds) == 2 and set(outcomes) <= {"success", "failure"}  # judged, not "unjudged"
+    assert f"rehearsal: {outcomes.count('success')}/2 successes (judged by the simulator)" in out
+    assert all(m["end_reason"] in ("done", "max_steps") for m in ds.episodes_meta)
