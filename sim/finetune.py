@@ -74,6 +74,9 @@ class LoopConfig:
     # spinning beside the sim workers slowed small-batch inference ~30x on 2 cores
     actor_needs_reward: bool = True  # a rollout without any reward updates only the critic: with a sparse
     # reward its advantages are the critic's noise, and Adam's normalised steps then move the policy anyway
+    freeze_image_encoders: bool = False  # pixel actors: keep the camera encoders fixed; their features are
+    # computed once per observation while sampling and stored in place of the images, so the update costs what
+    # the state policy's does (the pixel BC checkpoint's encoders were trained frozen-after-4k-steps too)
     update_threads: int = 1  # torch threads in the PPO update (0: unchanged); 1 was 2.6x faster than 2 on
     # a loaded 2-core machine; raise it on a machine with cores to spare
 
@@ -187,12 +190,12 @@ def collect(envs, agent, buf: RolloutBuffer, seeds: SeedStream, generator: torch
     obs, _ = envs.reset(seeds=seeds.take(n).tolist())
     next_seeds = seeds.take(n)
     stats.sim_s += time.perf_counter() - t0
-    actor_keys = agent.actor.obs_keys
+    actor_keys = agent.actor_input_keys
     buf.final_values.zero_()
     finals = []
     for t in range(buf.n_steps):
         t0 = time.perf_counter()
-        stored = buf.put_obs(t, obs)
+        stored = buf.put_obs(t, {**obs, **agent.input_features(obs)})
         actions, chain, logp = agent.explore({k: stored[k] for k in actor_keys}, generator)
         buf.chains[t].copy_(chain)
         buf.sample_log_probs[t].copy_(logp)
@@ -292,8 +295,11 @@ class Finetuner:
         self.base_schema = actor.schema
         critic = Critic(c.critic, actor.lowdim_keys, actor.cameras, actor.image_hw, actor.obs_history,
                         actor.normalizer, observation_widths(actor.obs_schema)).to(self.device)
+        if c.train.freeze_image_encoders and not actor.cameras:
+            raise SystemExit(f"train.freeze_image_encoders=true needs a pixel policy; {c.policy.ckpt} reads "
+                             f"{list(actor.obs_keys)}")
         return DPPOAgent(actor, critic, c.chain, c.ppo, c.train.iterations, seed=c.seed + self.rank,
-                         world_size=self.world)
+                         world_size=self.world, freeze_image_encoders=c.train.freeze_image_encoders)
 
     def _resume(self) -> None:
         path = self.out / "last.pt"
@@ -384,12 +390,16 @@ class Finetuner:
         c = self.cfg
         self.envs = self._make_envs()
         obs0, _ = self.envs.reset(seed=0)
-        specs = self.buffer_specs = obs_specs(obs0, self.agent.obs_keys)
+        features = self.agent.feature_specs(self.agent.actor.obs_history)
+        # what the envs observe (the reference layout's yardstick), then what the rollout stores
+        env_keys = [k for k in self.agent.obs_keys if k not in features]
+        self.env_obs_specs = obs_specs(obs0, env_keys + [f"rgb/{k.removeprefix('feat/')}" for k in features])
+        specs = self.buffer_specs = {**obs_specs(obs0, env_keys), **features}
         chain_shape = self.agent.sample_shape
         buf = RolloutBuffer(c.train.n_steps, self.envs.num_envs, specs, chain_shape, self.device,
                             n_log_probs=self.agent.n_log_probs)
         log.info("rollout buffer %.1f MB (the reference's float64 layout: %.1f MB)", buf.nbytes() / 2**20,
-                 reference_float64_nbytes(c.train.n_steps, self.envs.num_envs, specs, chain_shape) / 2**20)
+                 reference_float64_nbytes(c.train.n_steps, self.envs.num_envs, self.env_obs_specs, chain_shape) / 2**20)
         tlog = TrainLog(self.out, c.wandb, OmegaConf.to_container(self.hcfg, resolve=True)) if self.rank == 0 else None
         last_eval = None
         if c.eval.every and c.eval.at_start and self.iteration == 0 and self.rank == 0 and not self.history:

@@ -52,7 +52,8 @@ class RolloutBuffer:
         """Copy step t's observations in; returns views of the stored tensors (policy input)."""
         out = {}
         for k, dst in self.obs.items():
-            dst[t].copy_(torch.as_tensor(np.asarray(obs[k])))
+            v = obs[k]
+            dst[t].copy_(v if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v)))
             out[k] = dst[t]
         return out
 

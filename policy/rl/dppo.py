@@ -111,8 +111,17 @@ class DPPOAgent(PPOAgentBase):
     """
 
     def __init__(self, actor: DiffusionPolicy, critic: Critic, chain: ChainConfig, ppo: PPOConfig,
-                 total_iterations: int, seed: int = 0, world_size: int = 1):
+                 total_iterations: int, seed: int = 0, world_size: int = 1, freeze_image_encoders: bool = False):
+        """freeze_image_encoders: keep the camera encoders' weights fixed. A pixel update then
+        spends its time in the denoiser, not the ViTs: each observation's image features are
+        computed once, while sampling, and stored in the rollout in place of the images."""
         self.chain = chain
+        self.frozen_cameras = bool(freeze_image_encoders and actor.cameras)
+        if freeze_image_encoders and not actor.cameras:
+            raise ValueError("freeze_image_encoders needs a policy with cameras; this one reads "
+                             f"{list(actor.obs_keys)}")
+        if self.frozen_cameras:
+            actor.encoder.freeze_cameras()  # before the optimiser is built from the trainable parameters
         # the frozen base exists only where it is used: the K - K' early steps (kept inside the
         # actor, so its checkpoints sample the same chain) and the optional BC loss
         base: DiffusionPolicy | None = None
@@ -143,6 +152,33 @@ class DPPOAgent(PPOAgentBase):
     @property
     def n_log_probs(self) -> int:
         return self.chain.ft_steps
+
+    @property
+    def actor_input_keys(self) -> tuple[str, ...]:
+        if not self.frozen_cameras:
+            return tuple(self.actor.obs_keys)
+        return self.actor.lowdim_keys + tuple(f"feat/{c}" for c in self.actor.cameras)
+
+    @torch.no_grad()
+    def input_features(self, obs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """{feat/<camera>: (N, To, D) float32} of the frozen encoders, unaugmented (the images'
+        features then equal what evaluation and deployment compute); {} when they train."""
+        if not self.frozen_cameras:
+            return {}
+        enc, out = self.actor.encoder, {}
+        for i, cam in enumerate(self.actor.cameras):
+            x = torch.as_tensor(obs[f"rgb/{cam}"]).to(self.device)
+            n, t = x.shape[:2]
+            out[f"feat/{cam}"] = enc.encode_camera(i, x.reshape(n * t, *x.shape[2:]), augment=False).reshape(n, t, -1).float()
+        return out
+
+    def feature_specs(self, obs_history: int) -> dict[str, Any]:
+        from policy.rl.buffer import ObsSpec
+
+        if not self.frozen_cameras:
+            return {}
+        dim = self.actor.encoder.cfg.vit.out_dim
+        return {f"feat/{c}": ObsSpec((int(obs_history), dim), torch.float32) for c in self.actor.cameras}
 
     @torch.no_grad()
     def explore(self, obs: Mapping[str, torch.Tensor], generator: torch.Generator | None = None):

@@ -75,10 +75,25 @@ class PPOAgentBase:
 
     # --- rollouts ------------------------------------------------------------------------
     @property
+    def actor_input_keys(self) -> tuple[str, ...]:
+        """What a rollout stores for the actor: its observation keys (agents with frozen camera
+        encoders store `feat/<camera>` features in place of images)."""
+        return tuple(self.actor.obs_keys)
+
+    @property
     def obs_keys(self) -> tuple[str, ...]:
-        keys = list(self.actor.obs_keys)
+        """Every key a rollout stores: the actor's inputs, then what only the critic reads."""
+        keys = list(self.actor_input_keys)
         keys += [k for k in self.critic.obs_keys if k not in keys]
         return tuple(keys)
+
+    def input_features(self, obs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """Features computed once per observation for the rollout to store (none by default)."""
+        return {}
+
+    def feature_specs(self, obs_history: int) -> dict[str, Any]:
+        """`ObsSpec`s of `input_features`' outputs, for the rollout buffer."""
+        return {}
 
     @torch.no_grad()
     def value(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:

@@ -45,7 +45,7 @@ def run_one(mode: str, n_envs: int, steps: int, iterations: int, buffer_steps: i
         specs = ft.buffer_specs
         shape = ft.agent.sample_shape
         ours = RolloutBuffer.nbytes_for(buffer_steps, n_envs, specs, shape, ft.agent.n_log_probs)
-        ref = reference_float64_nbytes(buffer_steps, n_envs, specs, shape)
+        ref = reference_float64_nbytes(buffer_steps, n_envs, ft.env_obs_specs, shape)
     env_steps = last["rollout"]["env_steps"]
     per_k = {k: 1000 * v / env_steps for k, v in last["time"].items()}
     return {"mode": mode, "n_envs": n_envs, "chunk_steps": steps, "env_steps": env_steps,
