@@ -46,6 +46,12 @@ class ControllerConfig:
     max_steps: int = 700  # control steps per episode
     dry_run: bool = False  # no motion: log what would be sent
     first_chunk_timeout_s: float = 10.0  # the first inference may compile/warm up
+    # after an inference trigger, wait (at most one frame period and a half) for every camera's
+    # next frame and observe at the last one's time: the newest frame is otherwise up to a frame
+    # period old when the policy sees it (33 ms at 30 fps). It pays off for cameras that capture
+    # in step (hardware sync); free-running ones are out of phase, and waiting for the later
+    # one ages the other (docs/benchmarks.md, deploy loop)
+    sync_frames: bool = False
 
     def __post_init__(self) -> None:
         if self.control_hz <= 0 or self.max_steps <= 0:
@@ -66,6 +72,9 @@ class ChunkRecord:
     actions: np.ndarray  # (n, 10) after the safety layer
     raw: np.ndarray  # (m, 10) what the policy returned
     dropped: int
+    frames_s: dict[str, float] = field(default_factory=dict)  # capture time of each camera's newest frame used
+    sent_s: float = float("nan")  # when the chunk was handed to the robot (after the safety layer)
+    command: int | None = None  # the robot's number for it (FrankaRobot.stream_log names it)
 
 
 @dataclass
@@ -152,9 +161,26 @@ class Controller:
         self.request_stop()
 
     # --- the inference thread ----------------------------------------------------------------
-    def _infer_once(self, t_obs: float) -> None:
+    def _fresh_frames_time(self, t_trigger: float) -> float:
+        """`t_trigger`, or with `sync_frames` the time of the cameras' first frames after it."""
+        cams = [self.cameras.cameras[c] for c in self.obs.cams] if self.cameras is not None else []
+        if not (self.cfg.sync_frames and cams):
+            return t_trigger
+        deadline = t_trigger + 1.5 / min(c.cfg.fps for c in cams)
+        while not self._stop.is_set():
+            newest = [c.latest().host_s for c in cams]
+            if min(newest) >= t_trigger:
+                return max(newest)
+            if time.monotonic() > deadline:  # late frames: the newest there are (the watchdog judges stalls)
+                return t_trigger
+            time.sleep(0.0005)
+        return t_trigger
+
+    def _infer_once(self, t_trigger: float) -> None:
         dt = self.cfg.dt
-        obs, _ = self.obs.at(t_obs)
+        t_obs = self._fresh_frames_time(t_trigger)
+        obs, stamps = self.obs.at(t_obs)
+        frames_s = {k[len("camera/"):]: v for k, v in stamps.items() if k.startswith("camera/")}
         t0 = time.monotonic()
         raw = np.asarray(self.policy.act(obs, **self.act_kwargs))[0]
         latency = time.monotonic() - t0
@@ -166,17 +192,19 @@ class Controller:
         keep = due > time.monotonic() + self.cfg.drop_margin_s
         if not keep.any():
             with self._lock:
-                self._chunks.append(ChunkRecord(t_obs, latency, due[:0], raw[:0], raw, int(len(raw))))
+                self._chunks.append(ChunkRecord(t_obs, latency, due[:0], raw[:0], raw, int(len(raw)), frames_s))
             return
         ref_pos, ref_rot = self._reference_before(float(due[keep][0]))
         safe = self.safety.check_chunk(raw[keep], ref_pos, ref_rot, dt)
+        command = None
         if self.cfg.dry_run:
             self.would_send.append(safe)
             log.info("dry run: would send %d actions, first %s", len(safe), np.round(safe[0, :3], 4).tolist())
         else:
-            self.robot.execute_chunk(safe, dt, start_s=float(due[keep][0] - dt))
+            command = self.robot.execute_chunk(safe, dt, start_s=float(due[keep][0] - dt))
         with self._lock:
-            self._chunks.append(ChunkRecord(t_obs, latency, due[keep], safe, raw, int((~keep).sum())))
+            self._chunks.append(ChunkRecord(t_obs, latency, due[keep], safe, raw, int((~keep).sum()), frames_s,
+                                            time.monotonic(), command))
 
     def _reference_before(self, due: float) -> tuple[np.ndarray, np.ndarray]:
         """The pose the arm is commanded to be at one step before `due`: the previous chunk's

@@ -82,6 +82,7 @@ class RobotConfig:
     #   CartesianImpedanceTracker | waypoints: one CartesianWaypointMotion per chunk (steps back
     #   along the path by up to ~1 mm in franky-sim; docs/benchmarks.md, chunk tracking)
     stream_hz: float = 100.0  # impedance mode: reference updates per second
+    stream_log: int = 6000  # impedance mode: reference updates remembered (time, chunk) for timing reports
     translational_stiffness: float = 2000.0  # impedance mode, N/m
     rotational_stiffness: float = 50.0  # impedance mode, Nm/rad
 
@@ -196,9 +197,12 @@ class FrankaRobot:
         self._off_r = _rot_z(cfg.tcp_rot_z_deg)
         self._tracker = None
         self._schedule: ChunkSchedule | None = None
-        self._schedule_lock = threading.Lock()
+        self._schedule_lock = threading.RLock()  # execute_chunk holds it around _stream_chunk's own uses
         self._streamer: threading.Thread | None = None
         self._stream_stop = threading.Event()
+        # impedance mode: (time, chunk number) of each reference update sent to the arm, for the
+        # stream's rate and jitter and each chunk's camera-to-command latency (a minute at 100 Hz)
+        self.stream_log: collections.deque[tuple[float, int]] = collections.deque(maxlen=cfg.stream_log)
 
     # --- connection ----------------------------------------------------------------------------
     def connect(self) -> "FrankaRobot":
@@ -341,9 +345,11 @@ class FrankaRobot:
             return [s for s in self._states if s.host_s >= host_s]
 
     # --- motion --------------------------------------------------------------------------------
-    def execute_chunk(self, actions: np.ndarray, dt: float, start_s: float | None = None) -> None:
+    def execute_chunk(self, actions: np.ndarray, dt: float, start_s: float | None = None) -> int:
         """Track `actions` (n, 10: absolute EE pos, rot6d, gripper width; already checked by the
-        safety layer), target i at `start_s + (i + 1) dt` (default start: now), without blocking."""
+        safety layer), target i at `start_s + (i + 1) dt` (default start: now), without blocking.
+        Returns the chunk's number (1, 2, ...): `stream_log` entries carry the number of the
+        chunk whose reference they sent."""
         fr = _franky()
         actions = np.asarray(actions, dtype=np.float64)
         if actions.ndim != 2 or actions.shape[1] != 10 or len(actions) == 0:
@@ -356,10 +362,11 @@ class FrankaRobot:
         for i in range(len(pos)):  # franky's EE frame from here on
             pos[i], rot[i] = self.to_franky(pos[i], rot[i])
         if self.cfg.chunk_motion == "impedance":
-            self._stream_chunk(pos, rot, dt, start_s, now)
-            self.chunks_sent += 1
+            with self._schedule_lock:
+                self.chunks_sent += 1
+                self._stream_chunk(pos, rot, dt, start_s, now)
             self.command_gripper(float(actions[0, 9]))
-            return
+            return self.chunks_sent
         cur = self.latest_state()
         lin, ang = chunk_velocities(pos, rot, dt, *self.to_franky(cur.ee_pos, cur.ee_rot))
         waypoints = []
@@ -376,6 +383,7 @@ class FrankaRobot:
             raise RobotError(f"the robot refused the chunk: {e}") from e
         self.chunks_sent += 1
         self.command_gripper(float(actions[0, 9]))
+        return self.chunks_sent
 
     # --- impedance mode: our reference, streamed ------------------------------------------------
     def _stream_chunk(self, pos: np.ndarray, rot: np.ndarray, dt: float, start_s: float, now: float) -> None:
@@ -422,7 +430,9 @@ class FrankaRobot:
                     raise RobotError("the impedance tracker lost control of the robot")
                 with self._schedule_lock:
                     pos, rot, lin, ang = self._schedule.at(time.monotonic())
+                    chunk = self.chunks_sent
                 self._tracker.set_target(fr.Affine(pose_matrix(pos, rot)), fr.Twist(lin, ang))
+                self.stream_log.append((time.monotonic(), chunk))
         except BaseException as e:  # noqa: BLE001 - surfaced by latest_state()
             if not self._stream_stop.is_set():
                 self._error = e

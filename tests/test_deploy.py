@@ -1,5 +1,6 @@
 """real/deploy.py end to end against franky-sim and software cameras: episodes recorded, errors clear."""
 import json
+import time
 
 import numpy as np
 import pytest
@@ -57,3 +58,39 @@ def test_a_pixel_policy_episode_is_recorded(tmp_path):
     assert ds.episodes_meta[0]["outcome"] == "unjudged" and ds.episodes_meta[0]["source"] == "real"
     assert (tmp_path / "episode_000.mp4").stat().st_size > 1000
     assert json.loads((tmp_path / "summary.json").read_text())[0]["steps"] == 12
+
+
+@pytest.mark.skipif(franky_sim_executable() is None, reason="franky-sim is not installed")
+def test_sigint_stops_the_arm_ends_the_run_and_keeps_the_recording(tmp_path):
+    """A real SIGINT to a process running deploy's `run` mid-episode: the episode ends
+    'stopped', no further episode starts, the arm stands still afterwards and the interrupted
+    episode is in the dataset."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, str(root / "tests" / "sigint_deploy.py"), str(tmp_path), "127.0.0.36"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=root,
+                            start_new_session=True)  # its own group: a failed test kills its franky-sim too
+    try:
+        for line in proc.stdout:
+            if line.strip() == "RUNNING":
+                break
+        else:
+            pytest.fail(f"the helper ended before its episode ran (exit {proc.wait()})")
+        time.sleep(1.0)  # the arm is moving along +y
+        os.kill(proc.pid, signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0
+    report = json.loads(out.strip().splitlines()[-1])
+    (only,) = report["summaries"]  # episodes=3: the signal ended the run, not just the episode
+    assert only["reason"] == "stopped" and 10 < only["steps"] < 600
+    assert report["speed_after_m_s"] < 0.002  # moving at 0.04 m/s before the signal
+    assert report["recorded_steps"] == [only["steps"]]
