@@ -20,6 +20,7 @@ callable (e.g. part poses: from the simulator in rehearsal, from AprilTags on ha
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -52,6 +53,10 @@ class ControllerConfig:
     # in step (hardware sync); free-running ones are out of phase, and waiting for the later
     # one ages the other (docs/benchmarks.md, deploy loop)
     sync_frames: bool = False
+    # Python's thread switch interval while an episode runs: at the default 5 ms a thread busy in
+    # Python code (observation assembly, safety checks) holds the interpreter that long after the
+    # 100 Hz reference stream's thread wakes, which shows as stream jitter (docs/benchmarks.md)
+    switch_interval_s: float | None = 0.0005
 
     def __post_init__(self) -> None:
         if self.control_hz <= 0 or self.max_steps <= 0:
@@ -75,6 +80,7 @@ class ChunkRecord:
     frames_s: dict[str, float] = field(default_factory=dict)  # capture time of each camera's newest frame used
     sent_s: float = float("nan")  # when the chunk was handed to the robot (after the safety layer)
     command: int | None = None  # the robot's number for it (FrankaRobot.stream_log names it)
+    assembled_s: float = float("nan")  # when the observation was ready (the policy call began)
 
 
 @dataclass
@@ -150,6 +156,11 @@ class Controller:
         self._failure: tuple[str, BaseException] | None = None
         self.would_send: list[np.ndarray] = []  # dry run: what would have gone to the arm
 
+    def chunks(self) -> list[ChunkRecord]:
+        """The episode's chunks so far (a copy: safe from any thread)."""
+        with self._lock:
+            return list(self._chunks)
+
     def request_stop(self) -> None:
         """From a signal handler or another thread: end the episode, robot stopped."""
         self._stop.set()
@@ -192,7 +203,7 @@ class Controller:
         keep = due > time.monotonic() + self.cfg.drop_margin_s
         if not keep.any():
             with self._lock:
-                self._chunks.append(ChunkRecord(t_obs, latency, due[:0], raw[:0], raw, int(len(raw)), frames_s))
+                self._chunks.append(ChunkRecord(t_obs, latency, due[:0], raw[:0], raw, int(len(raw)), frames_s, assembled_s=t0))
             return
         ref_pos, ref_rot = self._reference_before(float(due[keep][0]))
         safe = self.safety.check_chunk(raw[keep], ref_pos, ref_rot, dt)
@@ -204,7 +215,7 @@ class Controller:
             command = self.robot.execute_chunk(safe, dt, start_s=float(due[keep][0] - dt))
         with self._lock:
             self._chunks.append(ChunkRecord(t_obs, latency, due[keep], safe, raw, int((~keep).sum()), frames_s,
-                                            time.monotonic(), command))
+                                            time.monotonic(), command, t0))
 
     def _reference_before(self, due: float) -> tuple[np.ndarray, np.ndarray]:
         """The pose the arm is commanded to be at one step before `due`: the previous chunk's
@@ -246,6 +257,9 @@ class Controller:
         with self._lock:
             self._chunks = []
         result = EpisodeResult(0, "max_steps")
+        switch = sys.getswitchinterval()
+        if cfg.switch_interval_s:
+            sys.setswitchinterval(cfg.switch_interval_s)
         worker = threading.Thread(target=self._inference_loop, name="inference", daemon=True)
         worker.start()
         if self.watchdog is not None:
@@ -290,6 +304,7 @@ class Controller:
             worker.join(timeout=5.0)
             if not cfg.dry_run:
                 self.robot.stop()
+            sys.setswitchinterval(switch)
         if self._failure is not None:
             result.reason, err = self._failure[0], self._failure[1]
             result.error = f"{type(err).__name__}: {err}"

@@ -40,6 +40,7 @@ from data.rotation import matrix_to_rot6d  # noqa: E402
 from data.typed_config import from_mapping  # noqa: E402
 from real.cameras import CameraConfig, CameraError, CameraSet, RealSenseCamera  # noqa: E402
 from real.controller import Controller, ControllerConfig, EpisodeResult  # noqa: E402
+from real.live_view import LiveView  # noqa: E402
 from real.robot import FrankaRobot, RobotConfig, RobotError  # noqa: E402
 from real.safety import SafetyConfig, SafetyLayer, Watchdog  # noqa: E402
 
@@ -64,6 +65,11 @@ class DeployConfig:
     record: bool = True
     video: bool = True
     wait_for_operator: bool = True  # ask before each episode (reset the scene, then Enter)
+    view: str = "auto"  # live OpenCV window (frames, predicted chunk, timing): auto (where a display exists) | on | off
+
+    def __post_init__(self) -> None:
+        if self.view not in ("auto", "on", "off"):
+            raise ValueError(f"view must be auto, on or off, got '{self.view}'")
 
 
 def load_config(path: str | None, overrides: list[str]) -> DeployConfig:
@@ -93,7 +99,7 @@ class EpisodeLog:
         self.t0 = time.monotonic()
 
     def __call__(self, k: int, obs: dict[str, np.ndarray], action: np.ndarray | None) -> None:
-        chunks = self.controller._chunks
+        chunks = self.controller.chunks()
         row = {key: np.asarray(v[0, -1]) for key, v in obs.items()}
         row["action"] = np.full(10, np.nan, np.float32) if action is None else np.asarray(action, np.float32)
         row["timestamp"] = np.float64(time.monotonic() - self.t0)
@@ -175,10 +181,17 @@ def run(cfg: DeployConfig, policy, robot: FrankaRobot, cameras: CameraSet | None
         if controller is not None:
             controller.request_stop()
 
+    def on_quit():  # q / Esc in the live view: as Ctrl-C
+        on_signal(signal.SIGINT, None)
+
     for s in previous:
         signal.signal(s, on_signal)
+    view = LiveView(title=f"deploy {Path(cfg.ckpt).name}", enabled=None if cfg.view == "auto" else cfg.view == "on",
+                    on_quit=on_quit)
+    if cfg.view == "on" and not view.enabled:
+        log.warning("view=on but no display exists: the live view is off")
     try:
-        with Watchdog(trip, safety=safety) as dog:
+        with Watchdog(trip, safety=safety) as dog, view:
             for ep in range(first_episode, first_episode + cfg.episodes):
                 if stop_all["requested"]:
                     break
@@ -189,7 +202,19 @@ def run(cfg: DeployConfig, policy, robot: FrankaRobot, cameras: CameraSet | None
                 controller = Controller(policy, robot, safety, cfg.controller, cameras=cameras, extra_obs=extra_obs,
                                         watchdog=dog)
                 elog = EpisodeLog(controller, safety)
-                result: EpisodeResult = controller.run_episode(done=done, on_step=elog)
+
+                def on_step(k, obs, action, elog=elog, ctrl=controller):
+                    elog(k, obs, action)
+                    if view.enabled:  # references only: the view thread draws
+                        chunks = ctrl.chunks()
+                        last = chunks[-1] if chunks else None
+                        view.update(step=k, chunk=None if last is None else last.actions,
+                                    latency_ms=1e3 * last.latency_s if last else float("nan"),
+                                    ee_pos=robot.latest_state().ee_pos, safety_events=int(elog.rows[-1]["safety_events"]),
+                                    dropped=sum(c.dropped for c in chunks), status=f"episode {ep + 1}",
+                                    frames={n: c.latest().color for n, c in cameras.cameras.items()} if cameras else {})
+
+                result: EpisodeResult = controller.run_episode(done=done, on_step=on_step)
                 success = judge() if judge is not None else None
                 frames = elog.frames()
                 summary = {"episode": ep, **result.summary(), "success": success}
