@@ -125,3 +125,29 @@ def test_dry_run_sends_nothing(robot):
     res = ctrl.run_episode()
     assert res.reason == "max_steps" and len(ctrl.would_send) == 2 and robot.chunks_sent == 0
     assert np.linalg.norm(robot.latest_state().ee_pos - start) < 1e-4
+
+
+class CameraPolicy(LinePolicy):
+    """LinePolicy that also reads a camera (so the controller waits for its frames)."""
+
+    obs_keys = ("state", "rgb/front")
+    image_hw = (16, 16)
+
+
+def test_sync_frames_observes_each_chunk_at_a_fresh_frame(robot):
+    """At 10 fps a free-running camera's newest frame is up to 100 ms old at a trigger; with
+    sync_frames the observation waits for the next one and is taken at its capture time."""
+    pytest.importorskip("pyrealsense2", reason="pyrealsense2 is not installed", exc_type=ImportError)
+    from real.cameras import CameraConfig, CameraSet, SoftwareCamera
+
+    frame = np.zeros((48, 64, 3), np.uint8)
+    cams = CameraSet([SoftwareCamera(CameraConfig(name="front", width=64, height=48, fps=10, stale_after_s=0.5,
+                                                  out_hw=[16, 16]), source=lambda: frame)])
+    with cams:
+        ctrl = Controller(CameraPolicy(), robot, SafetyLayer(CELL), ControllerConfig(max_steps=24, sync_frames=True),
+                          cameras=cams)
+        res = ctrl.run_episode()
+    assert res.reason == "max_steps" and len(res.chunks) >= 5
+    ages = [c.t_obs - c.frames_s["front"] for c in res.chunks]
+    assert max(ages) < 0.005  # observed at the frame's own time (without syncing: up to 0.1 s)
+    assert all(np.isfinite(c.sent_s) and c.command is not None for c in res.chunks if len(c.due_s))

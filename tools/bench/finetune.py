@@ -10,6 +10,7 @@ float64, images included) holds for the same rollout.
 
     python tools/bench/finetune.py                        # state + pixel, 8 and 32 envs
     python tools/bench/finetune.py --modes state --envs 8 16
+    python tools/bench/finetune.py --modes pixel-frozen   # train.freeze_image_encoders=true
 """
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ def run_one(mode: str, n_envs: int, steps: int, iterations: int, buffer_steps: i
     from tests.conftest import compose_config
 
     with tempfile.TemporaryDirectory() as out:
-        cfg = compose_config("finetune", [f"obs={mode}", f"out_dir={out}", f"env.n_envs={n_envs}",
+        obs, frozen = mode.removesuffix("-frozen"), mode.endswith("-frozen")
+        cfg = compose_config("finetune", [f"obs={obs}", f"train.freeze_image_encoders={frozen}", f"out_dir={out}", f"env.n_envs={n_envs}",
                                           f"env.n_workers={workers}", f"train.n_steps={steps}",
                                           f"train.iterations={iterations}", "eval.every=0", "ppo.critic_warmup=0",
                                           "ppo.actor_warmup=0", "train.save_every=1000", "device=cpu"])
@@ -45,7 +47,7 @@ def run_one(mode: str, n_envs: int, steps: int, iterations: int, buffer_steps: i
         specs = ft.buffer_specs
         shape = ft.agent.sample_shape
         ours = RolloutBuffer.nbytes_for(buffer_steps, n_envs, specs, shape, ft.agent.n_log_probs)
-        ref = reference_float64_nbytes(buffer_steps, n_envs, ft.env_obs_specs, shape)
+        ref = reference_float64_nbytes(buffer_steps, n_envs, ft.env_obs_specs, shape)  # images, whatever we store
     env_steps = last["rollout"]["env_steps"]
     per_k = {k: 1000 * v / env_steps for k, v in last["time"].items()}
     return {"mode": mode, "n_envs": n_envs, "chunk_steps": steps, "env_steps": env_steps,
@@ -56,7 +58,8 @@ def run_one(mode: str, n_envs: int, steps: int, iterations: int, buffer_steps: i
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--modes", nargs="+", default=["state", "pixel"])
+    ap.add_argument("--modes", nargs="+", default=["state", "pixel", "pixel-frozen"],
+                    choices=["state", "pixel", "pixel-frozen"])
     ap.add_argument("--envs", nargs="+", type=int, default=[8, 32])
     ap.add_argument("--steps", type=int, default=25, help="chunk steps per env in each timed iteration")
     ap.add_argument("--iterations", type=int, default=2)
@@ -71,13 +74,13 @@ def main() -> None:
             t0 = time.perf_counter()
             rows.append(run_one(mode, n, args.steps, args.iterations, args.buffer_steps, args.workers))
             print(f"  {mode} {n} envs done in {time.perf_counter() - t0:.0f} s", flush=True)
-    head = (f"{'mode':6} {'envs':>4} | {'sim':>6} {'policy':>6} {'logprob':>7} {'update':>6} {'total':>6} "
+    head = (f"{'mode':12} {'envs':>4} | {'sim':>6} {'policy':>6} {'logprob':>7} {'update':>6} {'total':>6} "
             f"(s / 1k env steps) | {'steps/s':>7} | {'buffer MB':>9} {'ref f64 MB':>10} {'ratio':>5}")
     print(head)
     print("-" * len(head))
     for r in rows:
         t = r["s_per_1k_env_steps"]
-        print(f"{r['mode']:6} {r['n_envs']:>4} | {t['rollout_sim_s']:6.2f} {t['rollout_policy_s']:6.2f} "
+        print(f"{r['mode']:12} {r['n_envs']:>4} | {t['rollout_sim_s']:6.2f} {t['rollout_policy_s']:6.2f} "
               f"{t['logprob_s']:7.2f} {t['update_s']:6.2f} {t['total_s']:6.2f}                    | "
               f"{r['env_steps_per_s']:7.0f} | {r['buffer_MB']:9.1f} {r['reference_float64_MB']:10.1f} "
               f"{r['ratio']:5.2f}")
