@@ -377,8 +377,9 @@ def rehearse(cfg: DeployConfig, rcfg: RehearsalConfig, pi) -> list[dict[str, Any
                     s.update(episode=ep, seed=rcfg.seed + ep, milestones=reh.world.milestones,
                              sim_steps=reh.world.steps)
                     summaries.append(s)
-                    log.info("rehearsal episode %d (seed %d): %s", ep, rcfg.seed + ep,
-                             "success" if s["success"] else "failure")
+                    log.info("rehearsal episode %d (seed %d): %s (%s after %d steps), milestones %s", ep, rcfg.seed + ep,
+                             "success" if s["success"] else "failure", s["reason"], s["steps"],
+                             [k for k, v in reh.world.milestones.items() if v])
             finally:
                 if reh.cameras is not None:
                     reh.cameras.stop()
