@@ -116,10 +116,10 @@ class DPPOAgent(PPOAgentBase):
         spends its time in the denoiser, not the ViTs: each observation's image features are
         computed once, while sampling, and stored in the rollout in place of the images."""
         self.chain = chain
-        self.frozen_cameras = bool(freeze_image_encoders and actor.cameras)
         if freeze_image_encoders and not actor.cameras:
             raise ValueError("freeze_image_encoders needs a policy with cameras; this one reads "
                              f"{list(actor.obs_keys)}")
+        self.frozen_cameras = bool(freeze_image_encoders)
         if self.frozen_cameras:
             actor.encoder.freeze_cameras()  # before the optimiser is built from the trainable parameters
         # the frozen base exists only where it is used: the K - K' early steps (kept inside the

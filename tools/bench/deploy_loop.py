@@ -23,7 +23,6 @@ Targets (issue 13): latency <= 30 ms p99 excluding inference, stream >= 100 Hz w
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
