@@ -256,6 +256,7 @@ class RehearsalConfig:
     franky_z_offset: float = 0.15
     world_hz: float = 50.0  # the world follows franky-sim's arm at this rate (its lag: one period)
     start_tolerance_m: float = 0.01
+    approach_retries: int = 1  # further approaches (recover first, each slower) when the start pose is missed
 
 
 class Rehearsal:
@@ -298,12 +299,24 @@ class Rehearsal:
     def start_episode(self, episode: int) -> None:
         pos, rot, width = self._exec.submit(self.world.reset, self.rcfg.seed + episode).result()
         target = np.concatenate([pos, matrix_to_rot6d(rot), [width]])
-        self.robot.execute_chunk(target[None], dt=self.rcfg.approach_s)
-        self.robot.wait_motion(self.rcfg.approach_s + 5.0)
-        time.sleep(0.5)
-        err = float(np.linalg.norm(self.robot.latest_state().ee_pos - pos))
-        if err > self.rcfg.start_tolerance_m:
-            raise RobotError(f"franky-sim's arm did not reach the episode's start pose ({1e3 * err:.1f} mm off)")
+        # a previous episode can end with the arm pressed into the world or franky-sim starved
+        # of CPU: recover and approach again, slower, before giving the rehearsal up
+        for attempt in range(1 + self.rcfg.approach_retries):
+            approach_s = self.rcfg.approach_s * (1 + attempt)
+            if attempt:
+                log.warning("franky-sim's arm is %.1f mm from episode %d's start pose: recovering and "
+                            "approaching again (%.0f s)", 1e3 * err, episode, approach_s)
+                self.robot.stop()
+                self.robot.recover()
+            self.robot.execute_chunk(target[None], dt=approach_s)
+            self.robot.wait_motion(approach_s + 5.0)
+            time.sleep(0.5)
+            err = float(np.linalg.norm(self.robot.latest_state().ee_pos - pos))
+            if err <= self.rcfg.start_tolerance_m:
+                break
+        else:
+            raise RobotError(f"franky-sim's arm did not reach episode {episode}'s start pose ({1e3 * err:.1f} mm off "
+                             f"after {1 + self.rcfg.approach_retries} approaches)")
         if self.cameras is not None:
             self._exec.submit(self._push_frames).result()
         self._stop.clear()
@@ -375,10 +388,13 @@ def rehearse(cfg: DeployConfig, rcfg: RehearsalConfig, pi) -> list[dict[str, Any
                     finally:
                         reh.end_episode()
                     s.update(episode=ep, seed=rcfg.seed + ep, milestones=reh.world.milestones,
-                             sim_steps=reh.world.steps)
+                             sim_steps=reh.world.steps, part_lost=reh.world.part_lost)
                     summaries.append(s)
+                    # the episode's seed and the simulator's milestones beside run()'s summary
+                    (Path(out_dir) / "summary.json").write_text(json.dumps(summaries, indent=2, default=str))
                     log.info("rehearsal episode %d (seed %d): %s (%s after %d steps), milestones %s", ep, rcfg.seed + ep,
-                             "success" if s["success"] else "failure", s["reason"], s["steps"],
+                             "success" if s["success"] else "failure",
+                             "done: a part knocked off the table" if s["part_lost"] else s["reason"], s["steps"],
                              [k for k, v in reh.world.milestones.items() if v])
             finally:
                 if reh.cameras is not None:
@@ -422,7 +438,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         for s in summaries:
             print(f"episode {s['episode']} (seed {s['seed']}): {'success' if s['success'] else 'failure'} "
-                  f"({s['reason']} after {s['steps']} steps; milestones {s['milestones']}), latency "
+                  f"({'part knocked off the table' if s['part_lost'] else s['reason']} after {s['steps']} steps; "
+                  f"milestones {[k for k, v in s['milestones'].items() if v]}), latency "
                   f"{s['latency_ms_median']:.0f} ms median, {s['dropped_actions']} actions dropped, safety "
                   f"{s['safety'] or 'clean'}")
         n = len(summaries)

@@ -59,9 +59,14 @@ class FollowerWorld:
         return bool(self.info.get("success", False))
 
     @property
+    def part_lost(self) -> bool:
+        """A part knocked off the table: the simulator's failed terminal state."""
+        return bool(self.info.get("part_lost", False))
+
+    @property
     def milestones(self) -> dict[str, bool]:
         with self.lock:
-            return dict(self.env.reached)
+            return {k: bool(v) for k, v in self.env.reached.items()}
 
     def parts(self) -> np.ndarray:
         """The privileged `parts` observation (tabletop and leg poses, base frame)."""

@@ -1,4 +1,6 @@
 """real/deploy.py --rehearse: franky-sim as the arm, the one_leg simulator as the world."""
+import json
+
 import numpy as np
 import pytest
 
@@ -33,6 +35,9 @@ def test_state_policy_rehearsal_runs_the_whole_stack(tmp_path):
     top = ep["parts"][:, :3]
     assert np.linalg.norm(top[-1, :2] - top[0, :2]) > 0.01  # the arm moved the tabletop in the world
     assert np.abs(ep["state"][:, :3] - ep["action"][:, :3]).max() < 0.05  # the arm tracked what was sent
+    saved = json.loads((tmp_path / "summary.json").read_text())[0]
+    assert saved["seed"] == 100003 and saved["sim_steps"] == s["sim_steps"] and saved["part_lost"] is False
+    assert saved["milestones"] == s["milestones"] and saved["milestones"]["success"] is False
 
 
 def test_pixel_policy_rehearsal_renders_into_software_cameras(tmp_path):
@@ -42,6 +47,22 @@ def test_pixel_policy_rehearsal_renders_into_software_cameras(tmp_path):
     front = ep["rgb/front"]
     assert front.shape == (12, 96, 96, 3) and front.std() > 10  # a rendered scene, not a blank frame
     assert (tmp_path / "episode_000.mp4").exists()
+
+
+def test_missed_start_pose_is_retried_then_named(tmp_path, caplog):
+    """An episode whose start pose franky-sim's arm misses is approached again (recover, slower)
+    before the rehearsal gives up with an error naming the episode; the arm is left stopped."""
+    import logging
+
+    import policy as policy_pkg
+    from real.robot import RobotError
+
+    cfg = load_config(None, [f"ckpt={STATE}", f"out_dir={tmp_path}", "controller.max_steps=4"])
+    rcfg = RehearsalConfig(host="127.0.0.26", start_tolerance_m=1e-7, approach_s=0.5, approach_retries=1)
+    with caplog.at_level(logging.WARNING, logger="deploy"), pytest.raises(RobotError, match="episode 0's start pose .* after 2 approaches"):
+        rehearse(cfg, rcfg, policy_pkg.load(STATE))
+    retries = [r for r in caplog.records if "approaching again (1 s)" in r.getMessage()]
+    assert len(retries) == 1
 
 
 @pytest.mark.slow
@@ -54,3 +75,7 @@ def test_cli_rehearsal_full_episodes(tmp_path, capsys):
     assert len(ds) == 2 and set(outcomes) <= {"success", "failure"}  # judged, not "unjudged"
     assert f"rehearsal: {outcomes.count('success')}/2 successes (judged by the simulator)" in out
     assert all(m["end_reason"] in ("done", "max_steps") for m in ds.episodes_meta)
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert [s["seed"] for s in saved] == [100_000, 100_001]
+    assert [bool(s["success"]) for s in saved] == [o == "success" for o in outcomes]
+    assert all(bool(s["milestones"]["success"]) == bool(s["success"]) for s in saved)
