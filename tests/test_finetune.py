@@ -2,6 +2,7 @@
 iteration bit for bit, and the checkpoint (what evaluation and deployment load) holds the
 fine-tuned weights, not the base."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -175,6 +176,19 @@ def test_finetune_yaml_matches_the_typed_config_field_for_field():
         cfg.ppo.clip_coef = 0.2
     with pytest.raises(Exception, match="ppo.clip_coef"):
         typed_config(cfg)
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "configs" / "experiment").glob("*.yaml")))
+def test_every_experiment_preset_is_a_valid_typed_config(preset):
+    """A preset's typo'd key or missing start-state file would otherwise surface only when
+    someone runs that preset, minutes into set-up."""
+    from sim.finetune import typed_config
+
+    cfg = compose_config("finetune", [f"experiment={preset}"])
+    typed = typed_config(cfg)
+    assert typed.out_dir and typed.train.iterations > 0
+    if cfg.task.start_states:
+        assert (Path(__file__).resolve().parents[1] / cfg.task.start_states).is_file(), cfg.task.start_states
 
 
 PIXEL_CKPT = "checkpoints/one_leg_pixel_bc.pt"
