@@ -52,6 +52,22 @@ def _default_cameras() -> list[CameraConfig]:
 
 
 @dataclass
+class RehearsalConfig:
+    seed: int = 100_000  # episode e runs the simulator's standard reset with seed + e
+    randomness: str = "low"
+    host: str = "127.0.0.2"  # franky-sim's loopback address
+    camera_width: int = 320  # rendered frames, cropped/resized to the policy's images like a camera's
+    camera_height: int = 240
+    approach_s: float = 3.0  # time to bring franky-sim's arm to the episode's start pose
+    # franky-sim's floor lies at the simulator's table height: its arm works this much higher
+    # (the world follows it shifted back), so its fingers never meet a floor the world has not
+    franky_z_offset: float = 0.15
+    world_hz: float = 50.0  # the world follows franky-sim's arm at this rate (its lag: one period)
+    start_tolerance_m: float = 0.01
+    approach_retries: int = 1  # further approaches (recover first, each slower) when the start pose is missed
+
+
+@dataclass
 class DeployConfig:
     ckpt: str = ""
     use_ema: bool = True
@@ -66,6 +82,7 @@ class DeployConfig:
     video: bool = True
     wait_for_operator: bool = True  # ask before each episode (reset the scene, then Enter)
     view: str = "auto"  # live OpenCV window (frames, predicted chunk, timing): auto (where a display exists) | on | off
+    rehearsal: RehearsalConfig = field(default_factory=RehearsalConfig)  # --rehearse only
 
     def __post_init__(self) -> None:
         if self.view not in ("auto", "on", "off"):
@@ -243,22 +260,6 @@ def run(cfg: DeployConfig, policy, robot: FrankaRobot, cameras: CameraSet | None
 SIM_TCP_OFFSET = ([0.0, 0.0, -0.0069], -90.0)
 
 
-@dataclass
-class RehearsalConfig:
-    seed: int = 100_000  # episode e runs the simulator's standard reset with seed + e
-    randomness: str = "low"
-    host: str = "127.0.0.2"  # franky-sim's loopback address
-    camera_width: int = 320  # rendered frames, cropped/resized to the policy's images like a camera's
-    camera_height: int = 240
-    approach_s: float = 3.0  # time to bring franky-sim's arm to the episode's start pose
-    # franky-sim's floor lies at the simulator's table height: its arm works this much higher
-    # (the world follows it shifted back), so its fingers never meet a floor the world has not
-    franky_z_offset: float = 0.15
-    world_hz: float = 50.0  # the world follows franky-sim's arm at this rate (its lag: one period)
-    start_tolerance_m: float = 0.01
-    approach_retries: int = 1  # further approaches (recover first, each slower) when the start pose is missed
-
-
 class Rehearsal:
     """The embedded one_leg simulator as the world around franky-sim: a thread steps it at the
     control rate following franky-sim's EE pose and commanded gripper width, renders the policy's
@@ -413,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="no motion: log what would be sent")
     ap.add_argument("--rehearse", action="store_true",
                     help="no hardware: franky-sim as the arm, the embedded one_leg simulator as the world")
-    ap.add_argument("--seed", type=int, default=100_000, help="--rehearse: first episode seed")
+    ap.add_argument("--seed", type=int, default=None, help="--rehearse: first episode seed (rehearsal.seed)")
     ap.add_argument("overrides", nargs="*", help="key=value overrides of DeployConfig (e.g. robot.dynamics_factor=0.1)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
@@ -426,13 +427,15 @@ def main(argv: list[str] | None = None) -> int:
         flags.append(f"controller.max_steps={args.max_steps}")
     if args.dry_run:
         flags.append("controller.dry_run=true")
+    if args.seed is not None:
+        flags.append(f"rehearsal.seed={args.seed}")
     cfg = load_config(args.config, flags + list(args.overrides))
     import policy as policy_pkg
 
     pi = policy_pkg.load(cfg.ckpt, use_ema=cfg.use_ema)
     if args.rehearse:
         try:
-            summaries = rehearse(cfg, RehearsalConfig(seed=args.seed), pi)
+            summaries = rehearse(cfg, cfg.rehearsal, pi)
         except (RobotError, CameraError, RuntimeError) as e:
             print(f"deploy --rehearse: {e}", file=sys.stderr)
             return 1

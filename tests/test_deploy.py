@@ -22,6 +22,10 @@ def test_config_overrides_are_typed_and_checked():
     assert cfg.robot.dynamics_factor == 0.1 and cfg.cameras[0].serial == "123" and cfg.episodes == 3
     with pytest.raises(KeyError, match="dynamcs_factor"):
         load_config(None, ["robot.dynamcs_factor=0.1"])
+    cfg = load_config(None, ["rehearsal.world_hz=100", "rehearsal.seed=7"])
+    assert cfg.rehearsal.world_hz == 100.0 and cfg.rehearsal.seed == 7 and cfg.rehearsal.approach_retries == 1
+    with pytest.raises(KeyError, match="rehearsal.wrld_hz"):
+        load_config(None, ["rehearsal.wrld_hz=100"])
 
 
 def test_cli_errors_are_clear(capsys):
