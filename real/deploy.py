@@ -167,10 +167,11 @@ def resolve_out_dir(cfg: DeployConfig) -> str:
 
 def run(cfg: DeployConfig, policy, robot: FrankaRobot, cameras: CameraSet | None = None,
         extra_obs=None, done=None, judge=None, operator=input, source: str = "real",
-        first_episode: int = 0) -> list[dict[str, Any]]:
+        first_episode: int = 0, describe=None) -> list[dict[str, Any]]:
     """The episodes: the caller owns the connected robot and the started cameras. `done()` ends
     an episode early (e.g. the simulator's success in rehearsal), `judge()` says whether it
-    succeeded (None: unknown on hardware)."""
+    succeeded (None: unknown on hardware), `describe()` adds the caller's fields to each episode's
+    summary (the rehearsal: seed, the simulator's milestones)."""
     out = Path(resolve_out_dir(cfg))
     out.mkdir(parents=True, exist_ok=True)
     safety = SafetyLayer(cfg.safety)
@@ -234,7 +235,7 @@ def run(cfg: DeployConfig, policy, robot: FrankaRobot, cameras: CameraSet | None
                 result: EpisodeResult = controller.run_episode(done=done, on_step=on_step)
                 success = judge() if judge is not None else None
                 frames = elog.frames()
-                summary = {"episode": ep, **result.summary(), "success": success}
+                summary = {"episode": ep, **result.summary(), "success": success, **(describe() if describe else {})}
                 if writer is not None and frames:
                     summary["dataset_index"] = writer.add_episode(
                         frames, success=bool(success), source=source, outcome="unjudged" if success is None else
@@ -363,6 +364,13 @@ class Rehearsal:
         return self.world.success or self.world.terminated or self.error is not None
 
 
+def rehearsal_outcome(s: dict[str, Any]) -> str:
+    """One rehearsal episode's outcome as the simulator judged it, for the log and the console."""
+    reason = "a part knocked off the table" if s["part_lost"] else s["reason"]
+    reached = [k for k, v in s["milestones"].items() if v]
+    return f"{'success' if s['success'] else 'failure'} ({reason} after {s['steps']} steps; milestones {reached})"
+
+
 def rehearse(cfg: DeployConfig, rcfg: RehearsalConfig, pi) -> list[dict[str, Any]]:
     """`--rehearse`: franky-sim as the arm, the simulator as the world, the unchanged deploy stack."""
     from real.franky_sim import FrankySim
@@ -383,20 +391,19 @@ def rehearse(cfg: DeployConfig, rcfg: RehearsalConfig, pi) -> list[dict[str, Any
                     reh.start_episode(ep)
                     one = dataclasses.replace(cfg, episodes=1, home_before_episode=False, wait_for_operator=False,
                                               out_dir=out_dir)
+
+                    def describe(ep=ep):
+                        return {"seed": rcfg.seed + ep, "milestones": reh.world.milestones, "sim_steps": reh.world.steps,
+                                "part_lost": reh.world.part_lost}
+
                     try:
                         s = run(one, pi, robot, reh.cameras, extra_obs=reh.extra_obs, done=reh.done,
-                                judge=lambda: reh.world.success, source="policy", first_episode=ep)[0]
+                                judge=lambda: reh.world.success, source="policy", first_episode=ep,
+                                describe=describe)[0]
                     finally:
                         reh.end_episode()
-                    s.update(episode=ep, seed=rcfg.seed + ep, milestones=reh.world.milestones,
-                             sim_steps=reh.world.steps, part_lost=reh.world.part_lost)
                     summaries.append(s)
-                    # the episode's seed and the simulator's milestones beside run()'s summary
-                    (Path(out_dir) / "summary.json").write_text(json.dumps(summaries, indent=2, default=str))
-                    log.info("rehearsal episode %d (seed %d): %s (%s after %d steps), milestones %s", ep, rcfg.seed + ep,
-                             "success" if s["success"] else "failure",
-                             "done: a part knocked off the table" if s["part_lost"] else s["reason"], s["steps"],
-                             [k for k, v in reh.world.milestones.items() if v])
+                    log.info("rehearsal episode %d (seed %d): %s", ep, s["seed"], rehearsal_outcome(s))
             finally:
                 if reh.cameras is not None:
                     reh.cameras.stop()
@@ -440,9 +447,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"deploy --rehearse: {e}", file=sys.stderr)
             return 1
         for s in summaries:
-            print(f"episode {s['episode']} (seed {s['seed']}): {'success' if s['success'] else 'failure'} "
-                  f"({'part knocked off the table' if s['part_lost'] else s['reason']} after {s['steps']} steps; "
-                  f"milestones {[k for k, v in s['milestones'].items() if v]}), latency "
+            print(f"episode {s['episode']} (seed {s['seed']}): {rehearsal_outcome(s)}, latency "
                   f"{s['latency_ms_median']:.0f} ms median, {s['dropped_actions']} actions dropped, safety "
                   f"{s['safety'] or 'clean'}")
         n = len(summaries)

@@ -178,7 +178,10 @@ def test_finetune_yaml_matches_the_typed_config_field_for_field():
         typed_config(cfg)
 
 
-@pytest.mark.parametrize("preset", sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "configs" / "experiment").glob("*.yaml")))
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (REPO / "configs" / "experiment").glob("*.yaml")))
 def test_every_experiment_preset_is_a_valid_typed_config(preset):
     """A preset's typo'd key or missing start-state file would otherwise surface only when
     someone runs that preset, minutes into set-up."""
@@ -188,7 +191,7 @@ def test_every_experiment_preset_is_a_valid_typed_config(preset):
     typed = typed_config(cfg)
     assert typed.out_dir and typed.train.iterations > 0
     if cfg.task.start_states:
-        assert (Path(__file__).resolve().parents[1] / cfg.task.start_states).is_file(), cfg.task.start_states
+        assert (REPO / cfg.task.start_states).is_file(), cfg.task.start_states
 
 
 PIXEL_CKPT = "checkpoints/one_leg_pixel_bc.pt"
