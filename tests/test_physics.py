@@ -108,6 +108,53 @@ def test_thread_requires_phase_alignment(env):
         assert (env.thread.engaged_hole == 0) is expect
 
 
+def test_thread_switches_only_equalities_never_collision_filters(env):
+    """The design a batched simulator can run: engaging and disengaging change eq_active and
+    eq_data, never contype/conaffinity (mujoco-warp shares those across its worlds)."""
+    m = env.model
+    bits = (m.geom_contype.copy(), m.geom_conaffinity.copy())
+    env.reset(seed=0)
+    env.set_part_pose("top", G.TOP_CORNER_POS, G.TOP_REST_ROT)
+    hole, top_rot = hole_world(env, 0)
+    th = env.thread
+    assert np.all(env.data.eq_active[th.lock_eq] == 1) and np.all(env.data.eq_active[th.weld_eq] == 0)
+    depth = G.ENGAGE_HEIGHT
+    yaw = (2 * np.pi / G.THREAD_PITCH * depth + np.pi) % (2 * np.pi) - np.pi  # in phase
+    env.set_part_pose("leg", hole + top_rot[:, 1] * depth, top_rot @ _rot_y(yaw))
+    assert th.update() and th.engaged_hole == 0
+    assert env.data.eq_active[th.lock_eq[0]] == 0 and env.data.eq_active[th.weld_eq[0]] == 1
+    assert np.all(env.data.eq_active[th.lock_eq[1:]] == 1)
+    np.testing.assert_array_equal(m.geom_contype, bits[0])
+    np.testing.assert_array_equal(m.geom_conaffinity, bits[1])
+    # lifted above the engagement height: the thread lets go and the follower is locked again
+    env.data.qpos[th.slide_qadr[0]] = G.ENGAGE_HEIGHT + 2 * env.cfg.thread.depth_tolerance
+    assert th.update() and th.engaged_hole == -1
+    assert env.data.eq_active[th.lock_eq[0]] == 1 and env.data.eq_active[th.weld_eq[0]] == 0
+    assert th.slide(0) == pytest.approx(G.ENGAGE_HEIGHT)
+    np.testing.assert_array_equal(m.geom_contype, bits[0])
+
+
+def test_locked_follower_carries_the_leg_at_the_engagement_height(env):
+    """Out of phase the leg rests on its hole's follower stop (not the tabletop, which its stop
+    plate does not touch) at the engagement height, the peg centred by the follower's guides."""
+    env.reset(seed=0)
+    env.set_part_pose("top", G.TOP_CORNER_POS, G.TOP_REST_ROT)
+    hole, top_rot = hole_world(env, 0)
+    depth = G.ENGAGE_HEIGHT + 0.001
+    wrong = (2 * np.pi / G.THREAD_PITCH * depth + np.pi) % (2 * np.pi) - np.pi + np.radians(60)
+    env.set_part_pose("leg", hole + top_rot[:, 1] * depth + top_rot[:, 0] * 0.0004, top_rot @ _rot_y(wrong))
+    obs = env._observe()
+    for _ in range(10):
+        obs, *_ = env.step(hold_action(obs))
+    pos, rot = env.thread.leg_in_top()
+    assert env.thread.engaged_hole == -1
+    assert abs(pos[1] - G.SEATED_Y - G.ENGAGE_HEIGHT) < 0.0005  # resting on the stop, not fallen in
+    assert np.hypot(pos[0] - G.hole_centres_local()[0][0], pos[2] - G.hole_centres_local()[0][2]) < 0.0006
+    stop = env.model.geom("follower0_stop").id
+    touching = {tuple(sorted((int(c.geom1), int(c.geom2)))) for c in env.data.contact[:env.data.ncon]}
+    assert tuple(sorted((stop, env.model.geom("leg_stop_disc").id))) in touching
+
+
 def _rot_y(a):
     return axis_angle_to_matrix(np.array([0.0, 1.0, 0.0]), a)
 

@@ -48,6 +48,10 @@ THREAD_TRAVEL = 0.02  # slide range of the thread follower
 # The stop disc rests on the top surface exactly when the leg is ENGAGE_HEIGHT above the seat.
 STOP_DISC_Y = TOP_Y_MAX - (SEATED_Y + ENGAGE_HEIGHT) + STOP_DISC_HALF_THICK
 
+# The follower's stop under the leg's stop plate: as wide as the plate, below the top surface.
+STOP_HALF_XZ = STOP_DISC_RADIUS
+STOP_HALF_THICK = 0.001
+
 PART_FRICTION = 0.15
 
 

@@ -35,6 +35,13 @@ STATIC_BITS = dict(contype="1", conaffinity="6")
 PART_BITS = dict(contype="2", conaffinity="7")
 ROBOT_BITS = dict(contype="4", conaffinity="3")
 NO_COLLISION = dict(contype="0", conaffinity="0")
+# The thread's own contact layer: the follower-carried stops (bit 8) touch only the leg's stop
+# plate, the follower-carried thread guides (bit 16) only the peg. Fixed at build time: a batched
+# simulator shares contype/conaffinity across its worlds, so engaging the thread in one world
+# must not need a collision change (see sim/tasks/one_leg/thread.py).
+STOP_BITS = dict(contype="8", conaffinity="8")
+GUIDE_BITS = dict(contype="16", conaffinity="16")
+PEG_BITS = dict(contype="18", conaffinity="23")  # PART_BITS + the guide layer
 
 # Geom groups: 0 static, 1 robot visual meshes, 2 part visuals, 3 part collision (hidden),
 # 4 robot collision (drawn instead of group 1 in low-poly mode).
@@ -182,29 +189,47 @@ def _add_top(worldbody: ET.Element, asset: ET.Element, opts: SceneOptions) -> No
                  pos=[sx * (a + outer) / 2, ymid, sz * (a + inner) / 2], **col)
             _sub(top, "geom", name=f"top_strip{k}b", type="box", size=[(outer - inner) / 2, yh, (a - outer) / 2],
                  pos=[sx * G.HOLE_XZ, ymid, sz * (a + outer) / 2], **col)
-            # ring of boxes around the hole: thread section, then plain bore at the top
-            for ring, (r, y0, y1) in enumerate(
-                [(G.THREAD_RADIUS, hb, yhi - G.BORE_DEPTH), (G.BORE_RADIUS, yhi - G.BORE_DEPTH, yhi)]
-            ):
-                n, t = 8, 0.0075
-                half_len = (r + t) * np.tan(np.pi / n)
-                for j in range(n):
-                    ang = 2 * np.pi * j / n
-                    c, s = np.cos(ang), np.sin(ang)
-                    centre = [sx * G.HOLE_XZ + (r + t / 2) * c, (y0 + y1) / 2, sz * G.HOLE_XZ + (r + t / 2) * s]
-                    # box local x = radial direction in the (x, z) plane, rotated about +y
-                    quat = [np.cos(-ang / 2), 0, np.sin(-ang / 2), 0]
-                    _sub(top, "geom", name=f"top_hole{k}_ring{ring}_{j}", type="box",
-                         size=[t / 2, (y1 - y0) / 2, half_len], pos=centre, quat=quat, **col)
+            # the plain bore at the top of the hole: a ring of boxes (the threaded section's ring
+            # below it belongs to the hole's follower)
+            _add_ring(top, f"top_hole{k}_ring1", G.BORE_RADIUS, yhi - G.BORE_DEPTH, yhi,
+                      (sx * G.HOLE_XZ, sz * G.HOLE_XZ), col)
             k += 1
-    # thread followers: carried by the top, slide + hinge along the hole axis; the leg is
-    # welded to one of them while its thread is engaged (see sim/tasks/one_leg/thread.py)
+    # Thread followers: carried by the top, slide + hinge along the hole axis. At rest (thread
+    # not engaged) a lock holds each at the engagement height, where its stop carries the leg's
+    # stop plate and its guide ring centres the peg: the frame of follower h at slide s is the
+    # frame a leg screwed to depth s in hole h has, so the follower's geoms are placed as the
+    # leg's. Engaged, the leg is welded to the follower and both descend along the helix
+    # together: nothing of the thread collides with anything that moves relative to it.
+    rest_y = G.SEATED_Y + G.ENGAGE_HEIGHT  # follower origin at rest, top frame
     for h, centre in enumerate(G.hole_centres_local()):
         fol = _sub(top, "body", name=f"follower{h}", pos=centre)
         _sub(fol, "inertial", pos="0 0 0", mass="0.01", diaginertia="1e-6 1e-6 1e-6")
         _sub(fol, "joint", name=f"thread_slide{h}", type="slide", axis="0 1 0",
              range=_fmt([0.0, G.THREAD_TRAVEL]), limited="true", damping="0.5")
         _sub(fol, "joint", name=f"thread_hinge{h}", type="hinge", axis="0 1 0", frictionloss="0.01", damping="0.001")
+        stop_top = G.STOP_DISC_Y - G.STOP_DISC_HALF_THICK  # the stop plate's underside, leg frame
+        _sub(fol, "geom", name=f"follower{h}_stop", type="box",
+             size=[G.STOP_HALF_XZ, G.STOP_HALF_THICK, G.STOP_HALF_XZ],
+             pos=[0, stop_top - G.STOP_HALF_THICK, 0], group=str(GROUP_PART_COL), mass="0",
+             rgba="0.8 0.4 0.1 0.5", **STOP_BITS)
+        guide = dict(col, **GUIDE_BITS)
+        _add_ring(fol, f"follower{h}_guide", G.THREAD_RADIUS, hb - rest_y, yhi - G.BORE_DEPTH - rest_y,
+                  (0.0, 0.0), guide)
+
+
+def _add_ring(body: ET.Element, name: str, radius: float, y0: float, y1: float, centre_xz: tuple[float, float],
+              attrs: dict) -> None:
+    """Eight boxes around the y axis through `centre_xz` (body frame), inner faces `radius` from
+    it, spanning y0..y1: a polygonal hole wall that primitive colliders handle robustly."""
+    n, t = 8, 0.0075
+    half_len = (radius + t) * np.tan(np.pi / n)
+    for j in range(n):
+        ang = 2 * np.pi * j / n
+        c, s = np.cos(ang), np.sin(ang)
+        pos = [centre_xz[0] + (radius + t / 2) * c, (y0 + y1) / 2, centre_xz[1] + (radius + t / 2) * s]
+        quat = [np.cos(-ang / 2), 0, np.sin(-ang / 2), 0]  # box local x = radial direction, about +y
+        _sub(body, "geom", name=f"{name}_{j}", type="box", size=[t / 2, (y1 - y0) / 2, half_len], pos=pos,
+             quat=quat, **attrs)
 
 
 def _add_leg(worldbody: ET.Element, asset: ET.Element, opts: SceneOptions) -> None:
@@ -223,10 +248,14 @@ def _add_leg(worldbody: ET.Element, asset: ET.Element, opts: SceneOptions) -> No
     _sub(leg, "geom", name="leg_body", type="box", size=[G.LEG_HALF_XZ, (y1 - y0) / 2, G.LEG_HALF_XZ],
          pos=[0, (y0 + y1) / 2, 0], **col)
     p0, p1 = G.PEG_Y
+    peg = dict(col, **PEG_BITS)
     _sub(leg, "geom", name="leg_peg", type="cylinder", size=[G.PEG_RADIUS, (p1 - p0) / 2], pos=[0, (p0 + p1) / 2, 0],
-         zaxis="0 1 0", **col)
-    _sub(leg, "geom", name="leg_stop_disc", type="cylinder", size=[G.STOP_DISC_RADIUS, G.STOP_DISC_HALF_THICK],
-         pos=[0, G.STOP_DISC_Y, 0], zaxis="0 1 0", **col)
+         zaxis="0 1 0", **peg)
+    # the thread-stop plate: rests on the hole's follower stop until the thread engages; a box
+    # so that box-box contact gives it a stable multi-point support (it touches nothing else)
+    stop = dict(col, **STOP_BITS)
+    _sub(leg, "geom", name="leg_stop_disc", type="box",
+         size=[G.STOP_DISC_RADIUS, G.STOP_DISC_HALF_THICK, G.STOP_DISC_RADIUS], pos=[0, G.STOP_DISC_Y, 0], **stop)
 
 
 def _add_static(worldbody: ET.Element) -> None:
@@ -287,12 +316,16 @@ def build_xml(opts: SceneOptions = SceneOptions()) -> str:
     for c in robot_root.find("contact") if robot_root.find("contact") is not None else []:
         contact.append(c)
     equality = _sub(root, "equality")
+    c1 = 2 * np.pi / G.THREAD_PITCH
     for h in range(4):
+        # hinge = c0 + c1 * slide, always active; at rest c0 puts the hinge at 0 at the lock height
         _sub(equality, "joint", name=f"thread_coupling{h}", joint1=f"thread_hinge{h}", joint2=f"thread_slide{h}",
-             polycoef=_fmt([0.0, 2 * np.pi / G.THREAD_PITCH, 0, 0, 0]), active="false",
-             solimp="0.99 0.9999 0.001")
+             polycoef=_fmt([-c1 * G.ENGAGE_HEIGHT, c1, 0, 0, 0]), active="true", solimp="0.99 0.9999 0.001")
         _sub(equality, "weld", name=f"thread_weld{h}", body1=f"follower{h}", body2="leg", active="false",
              solimp="0.99 0.9999 0.001")
+    for h in range(4):  # after the thread's pairs, so their ids stay 2h, 2h + 1
+        _sub(equality, "joint", name=f"thread_lock{h}", joint1=f"thread_slide{h}",
+             polycoef=_fmt([G.ENGAGE_HEIGHT, 0, 0, 0, 0]), active="true", solimp="0.99 0.9999 0.001")
     return ET.tostring(root, encoding="unicode")
 
 

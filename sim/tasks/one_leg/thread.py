@@ -3,11 +3,19 @@
 A real M24-like thread is far below what a 5 ms rigid-body step can resolve, so the
 thread is a constraint that switches on only when the geometry says it would catch:
 each hole carries a follower body (slide + hinge along the hole axis, coupled at the
-thread pitch); when the leg's peg rests in a hole at the engagement height, aligned
-(axis offset, tilt) and at the right thread phase, the leg is welded to that follower.
-From then on twisting the leg clockwise drives it down the helix to the seat, and
-unscrewing lifts it back out, where the thread disengages. Nothing teleports: the
-follower is placed where the leg already is before the weld switches on.
+thread pitch). At rest a lock equality holds the follower at the engagement height,
+where its stop carries the leg's stop plate and its guide ring centres the peg. When
+the peg rests there aligned (axis offset, tilt) and at the right thread phase, the lock
+is released and the leg is welded to the follower: twisting the leg clockwise then
+drives both down the helix to the seat, and unscrewing lifts them back out, where the
+thread disengages and the lock takes the follower back. Nothing teleports that touches
+anything: the follower is placed where the leg already is before the weld switches on.
+
+Why this arrangement: the only per-env things it switches are equality constraints
+(`eq_active` in MjData, the weld's relative pose and the coupling's phase in `eq_data`).
+Collision filters never change (the thread's geoms only ever touch the leg, and while
+engaged they move with it), so a batched simulator whose worlds share one model's
+contype/conaffinity (mujoco-warp) runs the same design as the CPU backend.
 """
 from __future__ import annotations
 
@@ -46,11 +54,11 @@ class ThreadModel:
         self.hinge_dadr = [model.jnt_dofadr[model.joint(f"thread_hinge{h}").id] for h in range(4)]
         self.coupling_eq = [model.equality(f"thread_coupling{h}").id for h in range(4)]
         self.weld_eq = [model.equality(f"thread_weld{h}").id for h in range(4)]
-        self.free_geoms = [model.geom("leg_peg").id, model.geom("leg_stop_disc").id]
-        self._geom_bits = {g: (int(model.geom_contype[g]), int(model.geom_conaffinity[g])) for g in self.free_geoms}
+        self.lock_eq = [model.equality(f"thread_lock{h}").id for h in range(4)]
         self.holes = G.hole_centres_local()
         self.engaged_hole = -1
         self.c1 = 2 * np.pi / G.THREAD_PITCH
+        self.rest_c0 = -self.c1 * G.ENGAGE_HEIGHT  # the coupling's phase at rest: hinge 0 at the lock height
 
     # --- geometry of the leg relative to the top ---------------------------------------
     def leg_in_top(self) -> tuple[np.ndarray, np.ndarray]:
@@ -73,32 +81,27 @@ class ThreadModel:
     # --- state machine ---------------------------------------------------------------
     def reset(self) -> None:
         for h in range(4):
-            self.data.eq_active[self.coupling_eq[h]] = 0
-            self.data.eq_active[self.weld_eq[h]] = 0
-            self.data.qpos[self.slide_qadr[h]] = G.THREAD_TRAVEL
-            self.data.qpos[self.hinge_qadr[h]] = 0.0
-            self.data.qvel[self.slide_dadr[h]] = 0.0
-            self.data.qvel[self.hinge_dadr[h]] = 0.0
-        self._set_free_collisions(True)
+            self._rest(h)
         self.engaged_hole = -1
 
-    def _set_free_collisions(self, on: bool) -> None:
-        for g in self.free_geoms:
-            ct, ca = self._geom_bits[g] if on else (0, 0)
-            self.model.geom_contype[g] = ct
-            self.model.geom_conaffinity[g] = ca
+    def _rest(self, h: int) -> None:
+        """Follower h locked at the engagement height (hinge 0), its weld off."""
+        m, d = self.model, self.data
+        d.eq_active[self.weld_eq[h]] = 0
+        d.eq_active[self.lock_eq[h]] = 1
+        d.eq_active[self.coupling_eq[h]] = 1
+        m.eq_data[self.coupling_eq[h], 0] = self.rest_c0
+        d.qpos[self.slide_qadr[h]] = G.ENGAGE_HEIGHT
+        d.qpos[self.hinge_qadr[h]] = 0.0
+        d.qvel[self.slide_dadr[h]] = 0.0
+        d.qvel[self.hinge_dadr[h]] = 0.0
 
     def get_state(self) -> dict[str, np.ndarray]:
-        """The thread's state outside MjData: the engaged hole, the model fields `engage` writes
-        (its equalities' eq_data rows: the weld's relative pose, the coupling's phase) and the
-        free geoms' collision bits. (eq_active lives in MjData and travels with its state.)"""
+        """The thread's state outside MjData: the engaged hole and the model fields `engage`
+        writes (its equalities' eq_data rows: the weld's relative pose, the coupling's phase).
+        eq_active lives in MjData and travels with its state."""
         eqs = self.weld_eq + self.coupling_eq
-        return {
-            "engaged_hole": np.array(self.engaged_hole, dtype=np.int64),
-            "eq_data": self.model.eq_data[eqs].copy(),
-            "contype": self.model.geom_contype[self.free_geoms].copy(),
-            "conaffinity": self.model.geom_conaffinity[self.free_geoms].copy(),
-        }
+        return {"engaged_hole": np.array(self.engaged_hole, dtype=np.int64), "eq_data": self.model.eq_data[eqs].copy()}
 
     def set_state(self, state: dict[str, np.ndarray]) -> None:
         eqs = self.weld_eq + self.coupling_eq
@@ -107,8 +110,6 @@ class ThreadModel:
         if eq_data.shape != want:
             raise ValueError(f"thread eq_data has shape {eq_data.shape}, the model's is {want}")
         self.model.eq_data[eqs] = eq_data
-        self.model.geom_contype[self.free_geoms] = state["contype"]
-        self.model.geom_conaffinity[self.free_geoms] = state["conaffinity"]
         self.engaged_hole = int(state["engaged_hole"])
 
     def update(self) -> bool:
@@ -138,6 +139,7 @@ class ThreadModel:
 
     def engage(self, hole: int, depth: float, c0: float) -> None:
         m, d = self.model, self.data
+        # the follower to the leg's depth and phase (it carries only what the leg rests on)
         d.qpos[self.slide_qadr[hole]] = depth
         d.qpos[self.hinge_qadr[hole]] = c0 + self.c1 * depth
         d.qvel[self.slide_dadr[hole]] = 0.0
@@ -155,14 +157,12 @@ class ThreadModel:
         m.eq_data[eq, 6:10] = rel_quat
         m.eq_data[eq, 10] = 1.0
         m.eq_data[self.coupling_eq[hole], 0] = c0
-        d.eq_active[self.coupling_eq[hole]] = 1
+        d.eq_active[self.lock_eq[hole]] = 0
         d.eq_active[eq] = 1
-        self._set_free_collisions(False)
         self.engaged_hole = hole
 
     def disengage(self) -> None:
-        h = self.engaged_hole
-        self.data.eq_active[self.coupling_eq[h]] = 0
-        self.data.eq_active[self.weld_eq[h]] = 0
-        self._set_free_collisions(True)
+        """The leg rose above the engagement height: the follower goes back to its lock (moving
+        down and away from the leg's stop plate)."""
+        self._rest(self.engaged_hole)
         self.engaged_hole = -1
