@@ -27,6 +27,15 @@ class VisualRandomization:
 
 
 @dataclass
+class WarpConfig:
+    """sim.backend=mujoco_warp only: where the worlds live and how big their buffers are."""
+
+    device: str = "auto"  # "auto" (first CUDA device, else cpu) | "cuda:0" | "cpu"
+    nconmax: int = 64  # contacts allocated per world (one_leg uses ~10-20)
+    njmax: int = 256  # constraint rows per world (one_leg uses ~60-120)
+
+
+@dataclass
 class EnvConfig:
     task: str = "one_leg"
     obs_mode: str = "state"  # "state" | "pixel" (pixel adds rgb/<camera>)
@@ -53,6 +62,7 @@ class EnvConfig:
     ik: IKConfig = field(default_factory=IKConfig)
     thread: ThreadConfig = field(default_factory=ThreadConfig)
     success: SuccessConfig = field(default_factory=SuccessConfig)
+    warp: WarpConfig = field(default_factory=WarpConfig)
 
     @property
     def substeps(self) -> int:

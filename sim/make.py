@@ -43,10 +43,11 @@ def _vector_mujoco_warp(cfg: EnvConfig, n_envs: int, n_workers: int | None, obs_
                         wrap: Callable[[int, gym.Env], gym.Env] | None) -> VectorEnv:
     _require("mujoco_warp", "mujoco-warp==4.0.0", "GPU-parallel MuJoCo; pip install -e .[gpu]")
     _require("warp", "warp-lang", "NVIDIA Warp runtime for mujoco-warp")
-    raise NotImplementedError(
-        "sim.backend=mujoco_warp is reserved for the GPU-parallel backend (batched worlds on one GPU, the "
-        "VectorEnv protocol of sim.api with torch tensors); it is not implemented yet. Use sim.backend=mujoco."
-    )
+    if wrap is not None:
+        raise NotImplementedError("per-env wrappers (video recording) need single envs: sim.backend=mujoco")
+    from sim.backends.mujoco_warp_one_leg import OneLegWarpVectorEnv
+
+    return OneLegWarpVectorEnv(cfg, n_envs, obs_history=obs_history)
 
 
 def _vector_isaacgym(cfg: EnvConfig, n_envs: int, n_workers: int | None, obs_history: int,
@@ -67,12 +68,25 @@ BACKENDS: dict[str, VectorFactory] = {
 }
 
 
+def resolve_backend(backend: str) -> str:
+    """`auto`: mujoco_warp when a CUDA device and mujoco-warp are both there, else mujoco."""
+    if backend != "auto":
+        return backend
+    if importlib.util.find_spec("mujoco_warp") is None or importlib.util.find_spec("warp") is None:
+        return "mujoco"
+    import torch
+
+    return "mujoco_warp" if torch.cuda.is_available() else "mujoco"
+
+
 def make(cfg: EnvConfig, n_envs: int, *, backend: str = "mujoco", n_workers: int | None = None,
          obs_history: int = 1, wrap: Callable[[int, gym.Env], gym.Env] | None = None) -> VectorEnv:
     """The vector env of `backend` for `cfg`: N envs stepped by chunks, histories of
     `obs_history` observations (see sim.api.VectorEnv). `wrap(i, env)` decorates env i of a
     CPU backend inside its worker (e.g. video recording); `n_workers` is the CPU backend's
-    process count (0: all envs in this process, None: one per core)."""
+    process count (0: all envs in this process, None: one per core); `backend="auto"` picks one
+    (`resolve_backend`)."""
+    backend = resolve_backend(backend)
     if backend not in BACKENDS:
         raise ValueError(f"unknown sim.backend '{backend}'; available: {sorted(BACKENDS)}")
     if n_envs < 1:
@@ -96,6 +110,7 @@ def env_config_from_hydra(cfg: Mapping[str, Any]) -> EnvConfig:
         "interp_chunks": sim["interp_chunks"],
         "ik": dict(sim["ik"]),
         "visual_randomization": dict(sim["visual_randomization"]),
+        "warp": dict(sim.get("warp") or {}),
         "render": {**dict(sim["render"]), "cameras": list(obs["cameras"]), "image_hw": list(obs["image_hw"])},
         "obs_mode": obs["mode"],
         # optional: configs saved before start states existed lack the keys

@@ -40,6 +40,8 @@ def test_hydra_config_maps_onto_env_config():
     assert set(BACKENDS) == {"mujoco", "mujoco_warp", "isaacgym"}
     for backend in ("mujoco_warp", "isaacgym"):
         assert compose_cfg([f"sim={backend}"]).sim.backend == backend
+    warp = env_config_from_hydra(compose_cfg(["sim=mujoco_warp", "sim.warp.nconmax=99", "sim.warp.device=cpu"]))
+    assert warp.warp.nconmax == 99 and warp.warp.device == "cpu" and warp.warp.njmax == 256
 
 
 def test_unknown_config_keys_are_rejected():
@@ -47,3 +49,18 @@ def test_unknown_config_keys_are_rejected():
         from_mapping(EnvConfig, {"randomnes": "low"})
     with pytest.raises(ValueError, match="does not divide"):
         EnvConfig(timestep=0.003).substeps
+
+
+def test_auto_backend_picks_the_batched_one_only_with_a_gpu(monkeypatch):
+    import importlib.util
+
+    import torch
+
+    from sim.make import resolve_backend
+
+    assert resolve_backend("mujoco") == "mujoco"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_backend("auto") == "mujoco"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    has_warp = importlib.util.find_spec("mujoco_warp") is not None
+    assert resolve_backend("auto") == ("mujoco_warp" if has_warp else "mujoco")

@@ -25,8 +25,8 @@ _pixel_dppo_setup() (
     "$PYTHON" -m venv .venv
   fi
   .venv/bin/python -m pip install -q --upgrade pip
-  echo "[setup] pip install -e .[dev]"
-  .venv/bin/python -m pip install -q -e ".[dev]"
+  echo "[setup] pip install -e .[dev,gpu] (mujoco-warp runs on CPU for the parity tests)"
+  .venv/bin/python -m pip install -q -e ".[dev,gpu]"
   # A .venv made before the MuJoCo 4 move holds the monolithic 3.x wheel; pip's upgrade to the
   # split 4.x packages (mujoco + mujoco-core + mujoco-studio) can leave the bindings missing.
   if ! .venv/bin/python -c "import mujoco" >/dev/null 2>&1; then

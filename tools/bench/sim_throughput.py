@@ -7,6 +7,10 @@ MuJoCo 3.9 (robosuite's own envs break on 4.0; `bash tools/bench/setup_lift_venv
 
     python tools/bench/sim_throughput.py                  # full table, writes JSON + markdown rows
     python tools/bench/sim_throughput.py --steps 50 --envs 1 2 --modes state
+    python tools/bench/sim_throughput.py --backends mujoco mujoco_warp --warp-worlds 256 1024 4096 --modes state
+
+`--backends mujoco_warp` adds the batched backend (one device, N worlds) beside the CPU rows of
+the same run; on a machine without CUDA it runs on CPU (correctness speed only, small N).
 """
 from __future__ import annotations
 
@@ -29,37 +33,47 @@ from sim.make import make  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def bench_one_leg(mode: str, n_envs: int, n_workers: int, steps: int, warmup: int = 10) -> dict:
+def _host(x):
+    return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+
+
+def bench_one_leg(mode: str, n_envs: int, n_workers: int, steps: int, warmup: int = 10,
+                  backend: str = "mujoco") -> dict:
     cfg = EnvConfig(obs_mode=mode, randomness="low")
-    envs = make(cfg, n_envs, n_workers=n_workers)
+    envs = make(cfg, n_envs, n_workers=n_workers, backend=backend)
     expert = ExpertPolicy(n_envs)
 
     def run(n: int, obs):
         t = 0.0
         for _ in range(n):
-            actions = expert.act(obs)
+            actions = expert.act({k: _host(v) for k, v in obs.items()})
             t0 = time.perf_counter()
             step = envs.step(actions)
             t += time.perf_counter() - t0
-            expert.begin_episodes(step.infos["done"], step.infos["next_episode_seed"])
+            expert.begin_episodes(_host(step.infos["done"]), _host(step.infos["next_episode_seed"]))
             obs = step.obs
         return obs, t
 
     try:
         obs, infos = envs.reset(seed=0)
-        expert.begin_episodes(np.ones(n_envs, bool), infos["episode_seed"])
+        expert.begin_episodes(np.ones(n_envs, bool), _host(infos["episode_seed"]))
         obs, _ = run(warmup, obs)
         before = envs.call("timings")
         obs, t_step = run(steps, obs)
         after = envs.call("timings")
+        device = str(envs.device)
     finally:
         envs.close()
     env_steps = steps * n_envs
+    if backend == "mujoco_warp":  # one clock for all worlds: per-world shares of it
+        after, before = after[:1], before[:1]
+        n_workers = 1
     parts = {k: sum(a[k] - b[k] for a, b in zip(after, before)) / env_steps * 1e3 for k in after[0]}
     workers = max(1, min(n_workers, n_envs)) if n_workers else 1
     per_step_budget = t_step * workers / env_steps * 1e3  # ms of worker time per env-step
     parts["other (obs, IPC, sync)"] = max(0.0, per_step_budget - sum(parts.values()))
-    return {"sim": "one_leg (ours)", "mode": mode, "n_envs": n_envs, "n_workers": workers,
+    name = "one_leg (ours)" if backend == "mujoco" else f"one_leg {backend} ({device})"
+    return {"sim": name, "backend": backend, "device": device, "mode": mode, "n_envs": n_envs, "n_workers": workers,
             "env_steps_per_s": env_steps / t_step, "ms_per_env_step": parts}
 
 
@@ -86,6 +100,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=150, help="control steps per configuration")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--no-robosuite", action="store_true")
+    ap.add_argument("--backends", nargs="+", default=["mujoco"], choices=["mujoco", "mujoco_warp"])
+    ap.add_argument("--warp-worlds", type=int, nargs="+", default=[256, 1024, 4096],
+                    help="worlds of the mujoco_warp rows (use small numbers on CPU)")
     ap.add_argument("--lift-python", type=Path, default=ROOT / ".venv-lift" / "bin" / "python",
                     help="interpreter with mujoco 3.9 + robosuite 1.5.2 for the Lift yardstick")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "bench" / "sim_throughput.json")
@@ -93,9 +110,14 @@ def main() -> None:
 
     rows = []
     for mode in args.modes:
-        for n in args.envs:
-            rows.append(bench_one_leg(mode, n, min(args.workers, n), args.steps))
-            _print_row(rows[-1])
+        if "mujoco" in args.backends:
+            for n in args.envs:
+                rows.append(bench_one_leg(mode, n, min(args.workers, n), args.steps))
+                _print_row(rows[-1])
+        if "mujoco_warp" in args.backends and mode == "state":  # pixels on the batched backend: next slice
+            for n in args.warp_worlds:
+                rows.append(bench_one_leg(mode, n, 0, args.steps, warmup=3, backend="mujoco_warp"))
+                _print_row(rows[-1])
         if not args.no_robosuite:
             lift = bench_robosuite_lift(mode, max(20, args.steps // 3), args.lift_python)
             if lift is not None:
