@@ -12,6 +12,14 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 from sim.chunk import ChunkStep
 
 
+def to_numpy(x: Any):
+    """A vector env's output as numpy: the CPU backend gives numpy arrays, the batched backend
+    torch tensors on its device (copied to the host here)."""
+    import numpy as np
+
+    return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+
+
 @runtime_checkable
 class VectorEnv(Protocol):
     """N envs stepped in lockstep by action chunks, same-step auto-reset.

@@ -48,6 +48,7 @@ from policy.rl.gae import gae, next_values
 from policy.rl.gaussian_ppo import GaussianPPOAgent, GaussianPPOConfig
 from policy.rl.reward_scaler import RunningRewardScaler
 from policy.train_log import TrainLog, WandbConfig
+from sim.api import to_numpy
 
 log = logging.getLogger("finetune")
 
@@ -181,11 +182,6 @@ class RolloutStats:
                 "policy_s": self.policy_s}
 
 
-def _host(x) -> np.ndarray:
-    """An env output as numpy: CPU backends give numpy, the batched backend torch on its device."""
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-
-
 def collect(envs, agent, buf: RolloutBuffer, seeds: SeedStream, generator: torch.Generator):
     """Fill `buf` with one iteration's rollout from freshly reset envs; returns the last
     observation's values (bootstrap) and the rollout's episode statistics."""
@@ -208,15 +204,15 @@ def collect(envs, agent, buf: RolloutBuffer, seeds: SeedStream, generator: torch
         step = envs.step(actions, reset_seeds=next_seeds)
         t2 = time.perf_counter()
         inf = step.infos
-        buf.rewards[t] = torch.as_tensor(_host(step.reward).astype(np.float32))
-        buf.terminated[t] = torch.as_tensor(_host(step.terminated).astype(bool))
-        buf.truncated[t] = torch.as_tensor(_host(step.truncated).astype(bool))
-        done = np.flatnonzero(_host(inf["done"]))
-        trunc = np.flatnonzero(_host(step.truncated).astype(bool))
+        buf.rewards[t] = torch.as_tensor(to_numpy(step.reward).astype(np.float32))
+        buf.terminated[t] = torch.as_tensor(to_numpy(step.terminated).astype(bool))
+        buf.truncated[t] = torch.as_tensor(to_numpy(step.truncated).astype(bool))
+        done = np.flatnonzero(to_numpy(inf["done"]))
+        trunc = np.flatnonzero(to_numpy(step.truncated).astype(bool))
         if trunc.size:  # bootstrap from the true final observation, not the next episode's first
-            finals.append((t, trunc, {k: torch.as_tensor(_host(inf["final_obs"][k])[trunc])
+            finals.append((t, trunc, {k: torch.as_tensor(to_numpy(inf["final_obs"][k])[trunc])
                                       for k in agent.critic.obs_keys}))
-        ended = {k: _host(inf[k]) for k in ("success", "episode_return", "episode_length", "diverged")} \
+        ended = {k: to_numpy(inf[k]) for k in ("success", "episode_return", "episode_length", "diverged")} \
             if done.size else {}
         for i in done:
             stats.episodes += 1
@@ -226,7 +222,7 @@ def collect(envs, agent, buf: RolloutBuffer, seeds: SeedStream, generator: torch
             stats.diverged += int(bool(ended["diverged"][i]))
         if done.size:
             next_seeds[done] = seeds.take(done.size)
-        stats.env_steps += int(_host(inf["executed"]).sum())
+        stats.env_steps += int(to_numpy(inf["executed"]).sum())
         obs = step.obs
         t3 = time.perf_counter()
         stats.policy_s += (t1 - t0) + (t3 - t2)
@@ -236,7 +232,7 @@ def collect(envs, agent, buf: RolloutBuffer, seeds: SeedStream, generator: torch
         log.info("critic input statistics fitted on the first rollout: %s", fitted)
     for t, rows, final in finals:
         buf.final_values[t, torch.as_tensor(rows)] = agent.value(final)
-    last = {k: torch.as_tensor(_host(obs[k])) for k in agent.critic.obs_keys}
+    last = {k: torch.as_tensor(to_numpy(obs[k])) for k in agent.critic.obs_keys}
     return agent.value(last), stats
 
 

@@ -179,32 +179,32 @@ class OneLegWarpVectorEnv:
         import torch
 
         t0 = time.perf_counter()
-        infos, states, obs_rows, starts = [], [], [], []
+        infos, states, obs_rows, starts, ee = [], [], [], [], []
         for i, seed in zip(rows, seeds):
             episode_seed = self._next_seed(int(i), seed)
             obs, info = self.host.reset(seed=episode_seed)
             states.append(self.host.get_sim_state())
             starts.append(self.host.start_state)
             obs_rows.append(obs)
-            info = dict(info)
-            info["ee_pos"] = self.host.data.site_xpos[self.host.ee_site].copy()
+            ee.append(self.host.data.site_xpos[self.host.ee_site].copy())
             infos.append(info)
-        self.set_sim_states(rows, states)
+        self.set_sim_states(rows, states, observe=False)  # the host's observations and EE below
         idx = torch.as_tensor(np.asarray(rows, dtype=np.int64), device=self.torch_device)
         self.start_state[idx] = torch.as_tensor(starts, device=self.torch_device)
         for k in self.latest:
             self.latest[k][idx] = torch.as_tensor(np.stack([o[k] for o in obs_rows]), device=self.torch_device)
-        self.ee_pos[idx] = torch.as_tensor(np.stack([inf["ee_pos"] for inf in infos]), dtype=torch.float64,
-                                           device=self.torch_device)
+        self.ee_pos[idx] = torch.as_tensor(np.stack(ee), dtype=torch.float64, device=self.torch_device)
         self.seeds[idx] = torch.as_tensor([int(inf["episode_seed"]) for inf in infos], device=self.torch_device)
         self.returns[idx] = 0.0
         self.lengths[idx] = 0
         self.timings["reset"] += time.perf_counter() - t0
         return infos
 
-    def set_sim_states(self, rows: Sequence[int], states: Sequence[Mapping[str, np.ndarray]]) -> None:
-        """Load `OneLegMujocoEnv.get_sim_state()` snapshots into worlds `rows` (the device's
-        derived quantities follow at the next step, whose forward pass recomputes them)."""
+    def set_sim_states(self, rows: Sequence[int], states: Sequence[Mapping[str, np.ndarray]],
+                       observe: bool = True) -> None:
+        """Load `OneLegMujocoEnv.get_sim_state()` snapshots into worlds `rows`; with `observe`,
+        also their poses, latest observations and clip positions (a kinematics pass over all
+        worlds: resets skip it, they take those from the host)."""
         import torch
 
         dev = self.torch_device
@@ -223,8 +223,8 @@ class OneLegWarpVectorEnv:
         self.reached[idx] = torch.as_tensor(np.stack([s["reached"] for s in states]), device=dev)
         self.steps[idx] = torch.as_tensor([int(s["steps"]) for s in states], device=dev)
         self.start_state[idx] = -1
-        # poses for observing and for clipping the next action (a reset overwrites both with the
-        # host's float64 values)
+        if not observe:
+            return
         self._refresh_poses(idx)
         obs = self._observe(idx)
         for k in self.latest:
@@ -281,7 +281,7 @@ class OneLegWarpVectorEnv:
         self.ee_pos[rows] = self.site_xpos[rows, self.ee_site].to(torch.float64)
         self.steps[rows] += 1
         diverged = self._diverged(rows)
-        success, lost, rew, info_rows = self._task(rows, obs, ik_err)
+        success, lost, rew, info_rows = self._task(rows, ik_err)
         t4 = time.perf_counter()
         limit = torch.full_like(self.steps[rows], self.cfg.max_episode_steps)
         if self.cfg.start_state_max_steps is not None:
@@ -290,7 +290,7 @@ class OneLegWarpVectorEnv:
         trunc = ((self.steps[rows] >= limit) & ~term) | diverged
         rew = torch.where(diverged, torch.zeros_like(rew), rew)
         reward[rows], terminated[rows], truncated[rows] = rew.to(torch.float32), term, trunc
-        self.returns[rows] += torch.where(diverged, torch.zeros_like(rew), rew).to(torch.float64)
+        self.returns[rows] += rew
         self.lengths[rows] += 1
         for k, v in info_rows.items():
             infos[k][rows] = v.to(infos[k].dtype)
@@ -407,7 +407,7 @@ class OneLegWarpVectorEnv:
             obs["parts"] = torch.cat(out, dim=-1).to(torch.float32)
         return obs
 
-    def _task(self, rows, obs, ik_err):
+    def _task(self, rows, ik_err):
         """Success, part loss, reward and infos of the stepped worlds (float64, as the CPU env)."""
         import torch
 
@@ -466,7 +466,6 @@ class OneLegWarpVectorEnv:
             per_env = [int(s) for s in seeds]
         else:
             per_env = [None if seed is None else int(seed) + i for i in range(self.num_envs)]
-        self.thread.engaged_hole[:] = -1
         infos = self._reset_worlds(list(range(self.num_envs)), per_env)
         self.history.reset(self.latest)
         self.final_history.reset(self.latest)

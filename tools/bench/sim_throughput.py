@@ -26,15 +26,12 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 import numpy as np  # noqa: E402
 
+from sim.api import to_numpy  # noqa: E402
 from sim.config import EnvConfig  # noqa: E402
 from sim.experts.one_leg import ExpertPolicy  # noqa: E402
 from sim.make import make  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _host(x):
-    return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
 
 
 def bench_one_leg(mode: str, n_envs: int, n_workers: int, steps: int, warmup: int = 10,
@@ -46,17 +43,17 @@ def bench_one_leg(mode: str, n_envs: int, n_workers: int, steps: int, warmup: in
     def run(n: int, obs):
         t = 0.0
         for _ in range(n):
-            actions = expert.act({k: _host(v) for k, v in obs.items()})
+            actions = expert.act({k: to_numpy(v) for k, v in obs.items()})
             t0 = time.perf_counter()
             step = envs.step(actions)
             t += time.perf_counter() - t0
-            expert.begin_episodes(_host(step.infos["done"]), _host(step.infos["next_episode_seed"]))
+            expert.begin_episodes(to_numpy(step.infos["done"]), to_numpy(step.infos["next_episode_seed"]))
             obs = step.obs
         return obs, t
 
     try:
         obs, infos = envs.reset(seed=0)
-        expert.begin_episodes(np.ones(n_envs, bool), _host(infos["episode_seed"]))
+        expert.begin_episodes(np.ones(n_envs, bool), to_numpy(infos["episode_seed"]))
         obs, _ = run(warmup, obs)
         before = envs.call("timings")
         obs, t_step = run(steps, obs)
