@@ -51,6 +51,15 @@ STOP_DISC_Y = TOP_Y_MAX - (SEATED_Y + ENGAGE_HEIGHT) + STOP_DISC_HALF_THICK
 # The follower's stop under the leg's stop plate: as wide as the plate, below the top surface.
 STOP_HALF_XZ = STOP_DISC_RADIUS
 STOP_HALF_THICK = 0.001
+# The lock holds an idle follower this much above the engagement height, its geoms as much lower
+# in its own frame: at rest they are where the leg needs them; engaging moves the follower to the
+# leg's depth, which drops its stop this far clear of the leg's plate. A stop left touching the
+# welded leg carried the gripper's push (~5 N) as a leg-follower contact the weld fought, and
+# DPPO learnt nothing from thread-engaged starts (the weak-policy test 15 -> 8 %). The weld's
+# give under a 5 N push is ~0.5 mm, so 1 mm keeps them apart; it must stay under
+# ThreadConfig.depth_tolerance (a leg lifted out re-locks its follower below itself).
+STOP_CLEARANCE = 0.001
+LOCK_HEIGHT = ENGAGE_HEIGHT + STOP_CLEARANCE
 
 PART_FRICTION = 0.15
 

@@ -189,31 +189,35 @@ def _add_top(worldbody: ET.Element, asset: ET.Element, opts: SceneOptions) -> No
                  pos=[sx * (a + outer) / 2, ymid, sz * (a + inner) / 2], **col)
             _sub(top, "geom", name=f"top_strip{k}b", type="box", size=[(outer - inner) / 2, yh, (a - outer) / 2],
                  pos=[sx * G.HOLE_XZ, ymid, sz * (a + outer) / 2], **col)
-            # the plain bore at the top of the hole: a ring of boxes (the threaded section's ring
-            # below it belongs to the hole's follower)
-            _add_ring(top, f"top_hole{k}_ring1", G.BORE_RADIUS, yhi - G.BORE_DEPTH, yhi,
-                      (sx * G.HOLE_XZ, sz * G.HOLE_XZ), col)
+            # the hole's walls (plain bore, then threaded section) belong to its follower
             k += 1
     # Thread followers: carried by the top, slide + hinge along the hole axis. At rest (thread
     # not engaged) a lock holds each at the engagement height, where its stop carries the leg's
     # stop plate and its guide ring centres the peg: the frame of follower h at slide s is the
     # frame a leg screwed to depth s in hole h has, so the follower's geoms are placed as the
     # leg's. Engaged, the leg is welded to the follower and both descend along the helix
-    # together: nothing of the thread collides with anything that moves relative to it.
-    rest_y = G.SEATED_Y + G.ENGAGE_HEIGHT  # follower origin at rest, top frame
+    # together: nothing of the thread collides with anything that moves relative to it, and the
+    # peg, which the welded thread holds centred, touches no wall (as when the thread was a
+    # collision switch: a peg rubbing the bore while screwing is friction the real thread lacks).
+    # The stop's friction is the parts' (a default-friction stop resisted the policies' twisting
+    # strokes six times harder than the tabletop the stop plate used to rest on).
+    rest_y = G.SEATED_Y + G.LOCK_HEIGHT  # follower origin at rest, top frame
     for h, centre in enumerate(G.hole_centres_local()):
         fol = _sub(top, "body", name=f"follower{h}", pos=centre)
         _sub(fol, "inertial", pos="0 0 0", mass="0.01", diaginertia="1e-6 1e-6 1e-6")
         _sub(fol, "joint", name=f"thread_slide{h}", type="slide", axis="0 1 0",
              range=_fmt([0.0, G.THREAD_TRAVEL]), limited="true", damping="0.5")
         _sub(fol, "joint", name=f"thread_hinge{h}", type="hinge", axis="0 1 0", frictionloss="0.01", damping="0.001")
-        stop_top = G.STOP_DISC_Y - G.STOP_DISC_HALF_THICK  # the stop plate's underside, leg frame
+        # the stop plate's underside at rest, in the follower's frame (STOP_CLEARANCE above the leg's)
+        stop_top = G.STOP_DISC_Y - G.STOP_DISC_HALF_THICK - G.STOP_CLEARANCE
         _sub(fol, "geom", name=f"follower{h}_stop", type="box",
              size=[G.STOP_HALF_XZ, G.STOP_HALF_THICK, G.STOP_HALF_XZ],
              pos=[0, stop_top - G.STOP_HALF_THICK, 0], group=str(GROUP_PART_COL), mass="0",
-             rgba="0.8 0.4 0.1 0.5", **STOP_BITS)
+             friction=_fmt([G.PART_FRICTION, 0.005, 0.0001]), rgba="0.8 0.4 0.1 0.5", **STOP_BITS)
         guide = dict(col, **GUIDE_BITS)
         _add_ring(fol, f"follower{h}_guide", G.THREAD_RADIUS, hb - rest_y, yhi - G.BORE_DEPTH - rest_y,
+                  (0.0, 0.0), guide)
+        _add_ring(fol, f"follower{h}_bore", G.BORE_RADIUS, yhi - G.BORE_DEPTH - rest_y, yhi - rest_y,
                   (0.0, 0.0), guide)
 
 
@@ -320,12 +324,17 @@ def build_xml(opts: SceneOptions = SceneOptions()) -> str:
     for h in range(4):
         # hinge = c0 + c1 * slide, always active; at rest c0 puts the hinge at 0 at the lock height
         _sub(equality, "joint", name=f"thread_coupling{h}", joint1=f"thread_hinge{h}", joint2=f"thread_slide{h}",
-             polycoef=_fmt([-c1 * G.ENGAGE_HEIGHT, c1, 0, 0, 0]), active="true", solimp="0.99 0.9999 0.001")
+             polycoef=_fmt([-c1 * G.LOCK_HEIGHT, c1, 0, 0, 0]), active="true", solimp="0.99 0.9999 0.001")
         _sub(equality, "weld", name=f"thread_weld{h}", body1=f"follower{h}", body2="leg", active="false",
              solimp="0.99 0.9999 0.001")
     for h in range(4):  # after the thread's pairs, so their ids stay 2h, 2h + 1
+        # Near-hard and fast: a soft constraint's give under a load scales with 1 / the mass it
+        # holds, and the follower weighs 10 g, so the default-soft lock let a leg pressed with
+        # 5 N sink 0.64 mm (a 25 deg shift of the thread phase it engages at); this one
+        # gives 9 um (the tabletop the stop plate used to rest on: ~1 um).
         _sub(equality, "joint", name=f"thread_lock{h}", joint1=f"thread_slide{h}",
-             polycoef=_fmt([G.ENGAGE_HEIGHT, 0, 0, 0, 0]), active="true", solimp="0.99 0.9999 0.001")
+             polycoef=_fmt([G.LOCK_HEIGHT, 0, 0, 0, 0]), active="true", solimp="0.9999 0.9999 0.001",
+             solref="0.01 1")
     return ET.tostring(root, encoding="unicode")
 
 

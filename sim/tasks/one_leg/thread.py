@@ -3,10 +3,11 @@
 A real M24-like thread is far below what a 5 ms rigid-body step can resolve, so the
 thread is a constraint that switches on only when the geometry says it would catch:
 each hole carries a follower body (slide + hinge along the hole axis, coupled at the
-thread pitch). At rest a lock equality holds the follower at the engagement height,
-where its stop carries the leg's stop plate and its guide ring centres the peg. When
-the peg rests there aligned (axis offset, tilt) and at the right thread phase, the lock
-is released and the leg is welded to the follower: twisting the leg clockwise then
+thread pitch). At rest a lock equality holds the follower where its stop carries the
+leg's stop plate at the engagement height and its guide rings centre the peg. When the
+peg rests there aligned (axis offset, tilt) and at the right thread phase, the lock is
+released, the follower moves to the leg's depth (its stop drops G.STOP_CLEARANCE clear
+of the plate) and the leg is welded to it: twisting the leg clockwise then
 drives both down the helix to the seat, and unscrewing lifts them back out, where the
 thread disengages and the lock takes the follower back. Nothing teleports that touches
 anything: the follower is placed where the leg already is before the weld switches on.
@@ -35,6 +36,12 @@ class ThreadConfig:
     depth_tolerance: float = 0.0015  # m around ENGAGE_HEIGHT
     phase_tolerance_deg: float = 10.0  # the seated leg ends up within this of the assembled yaw
 
+    def __post_init__(self) -> None:
+        if not self.depth_tolerance > G.STOP_CLEARANCE:
+            raise ValueError(f"thread.depth_tolerance ({self.depth_tolerance} m) must exceed the follower's stop "
+                             f"clearance ({G.STOP_CLEARANCE} m): a leg lifted out of the thread must be above the "
+                             "stop its follower is locked back to")
+
 
 def wrap_angle(a: float) -> float:
     return (a + np.pi) % (2 * np.pi) - np.pi
@@ -58,7 +65,7 @@ class ThreadModel:
         self.holes = G.hole_centres_local()
         self.engaged_hole = -1
         self.c1 = 2 * np.pi / G.THREAD_PITCH
-        self.rest_c0 = -self.c1 * G.ENGAGE_HEIGHT  # the coupling's phase at rest: hinge 0 at the lock height
+        self.rest_c0 = -self.c1 * G.LOCK_HEIGHT  # the coupling's phase at rest: hinge 0 at the lock height
 
     # --- geometry of the leg relative to the top ---------------------------------------
     def leg_in_top(self) -> tuple[np.ndarray, np.ndarray]:
@@ -85,13 +92,13 @@ class ThreadModel:
         self.engaged_hole = -1
 
     def _rest(self, h: int) -> None:
-        """Follower h locked at the engagement height (hinge 0), its weld off."""
+        """Follower h locked (hinge 0), its weld off."""
         m, d = self.model, self.data
         d.eq_active[self.weld_eq[h]] = 0
         d.eq_active[self.lock_eq[h]] = 1
         d.eq_active[self.coupling_eq[h]] = 1
         m.eq_data[self.coupling_eq[h], 0] = self.rest_c0
-        d.qpos[self.slide_qadr[h]] = G.ENGAGE_HEIGHT
+        d.qpos[self.slide_qadr[h]] = G.LOCK_HEIGHT
         d.qpos[self.hinge_qadr[h]] = 0.0
         d.qvel[self.slide_dadr[h]] = 0.0
         d.qvel[self.hinge_dadr[h]] = 0.0

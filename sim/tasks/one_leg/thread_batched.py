@@ -47,7 +47,7 @@ class BatchedThread:
                                             dtype=torch.float64, device=device)
         self.holes = torch.as_tensor(G.hole_centres_local(), dtype=torch.float64, device=device)
         self.c1 = 2 * np.pi / G.THREAD_PITCH
-        self.rest_c0 = -self.c1 * G.ENGAGE_HEIGHT
+        self.rest_c0 = -self.c1 * G.LOCK_HEIGHT
         self.engaged_hole = torch.full((n,), -1, dtype=torch.int64, device=device)
         self.device = device
 
@@ -60,7 +60,7 @@ class BatchedThread:
         return torch.where(hole >= 0, value, torch.full_like(value, float("nan")))
 
     def rest(self, rows: torch.Tensor, qpos, qvel, eq_active, eq_data, holes: torch.Tensor | None = None) -> None:
-        """Followers of worlds `rows` locked at the engagement height, their welds off: every
+        """Followers of worlds `rows` locked (G.LOCK_HEIGHT), their welds off: every
         hole's (a reset) or, with `holes`, one per world (a release)."""
         if len(rows) == 0:
             return
@@ -70,7 +70,7 @@ class BatchedThread:
         eq_active[r, pick(self.lock_eq)] = True
         eq_active[r, pick(self.coupling_eq)] = True
         eq_data[r, pick(self.coupling_eq), 0] = self.rest_c0
-        qpos[r, pick(self.slide_qadr)] = G.ENGAGE_HEIGHT
+        qpos[r, pick(self.slide_qadr)] = G.LOCK_HEIGHT
         qpos[r, pick(self.hinge_qadr)] = 0.0
         qvel[r, pick(self.slide_dadr)] = 0.0
         qvel[r, pick(self.hinge_dadr)] = 0.0
