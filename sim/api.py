@@ -20,6 +20,16 @@ def to_numpy(x: Any):
     return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
 
 
+def to_torch(x: Any, device: Any = None, dtype: Any = None):
+    """A vector env's output as a torch tensor on `device`: the batched backend's tensors move
+    device to device (no host round trip), the CPU backend's numpy arrays are wrapped."""
+    import numpy as np
+    import torch
+
+    t = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+    return t.to(device=device, dtype=dtype)
+
+
 @runtime_checkable
 class VectorEnv(Protocol):
     """N envs stepped in lockstep by action chunks, same-step auto-reset.

@@ -128,3 +128,20 @@ def execute_chunk(stepper: MaskedStepper, history: ObsHistory, final_history: Ob
         running = running & ~done
     infos["executed"] = executed
     return reward, terminated, truncated, infos
+
+
+def package_tensor_chunk(history: ObsHistory, final_history: ObsHistory, reward, terminated, truncated,
+                         infos: dict[str, Array]) -> ChunkStep:
+    """A batched (torch) backend's chunk result from `execute_chunk`'s: `done`, the true final
+    observations of the envs whose episode ended (zeros elsewhere) and copies of the histories."""
+    import torch
+
+    done = terminated | truncated
+    final_obs = {}
+    for key, buf in final_history.buffers.items():
+        final_obs[key] = torch.zeros_like(buf)
+        final_obs[key][done] = buf[done]
+    infos["done"] = done
+    infos["final_obs"] = final_obs
+    obs = {k: v.clone() for k, v in history.buffers.items()}
+    return ChunkStep(obs, reward, terminated, truncated, infos)

@@ -48,7 +48,7 @@ from policy.rl.gae import gae, next_values
 from policy.rl.gaussian_ppo import GaussianPPOAgent, GaussianPPOConfig
 from policy.rl.reward_scaler import RunningRewardScaler
 from policy.train_log import TrainLog, WandbConfig
-from sim.api import to_numpy
+from sim.api import to_numpy, to_torch
 
 log = logging.getLogger("finetune")
 
@@ -204,13 +204,13 @@ def collect(envs, agent, buf: RolloutBuffer, seeds: SeedStream, generator: torch
         step = envs.step(actions, reset_seeds=next_seeds)
         t2 = time.perf_counter()
         inf = step.infos
-        buf.rewards[t] = torch.as_tensor(to_numpy(step.reward).astype(np.float32))
-        buf.terminated[t] = torch.as_tensor(to_numpy(step.terminated).astype(bool))
-        buf.truncated[t] = torch.as_tensor(to_numpy(step.truncated).astype(bool))
+        buf.rewards[t] = to_torch(step.reward, buf.device, torch.float32)
+        buf.terminated[t] = to_torch(step.terminated, buf.device, torch.bool)
+        buf.truncated[t] = to_torch(step.truncated, buf.device, torch.bool)
         done = np.flatnonzero(to_numpy(inf["done"]))
         trunc = np.flatnonzero(to_numpy(step.truncated).astype(bool))
         if trunc.size:  # bootstrap from the true final observation, not the next episode's first
-            finals.append((t, trunc, {k: torch.as_tensor(to_numpy(inf["final_obs"][k])[trunc])
+            finals.append((t, trunc, {k: to_torch(inf["final_obs"][k], buf.device)[torch.as_tensor(trunc)]
                                       for k in agent.critic.obs_keys}))
         ended = {k: to_numpy(inf[k]) for k in ("success", "episode_return", "episode_length", "diverged")} \
             if done.size else {}
@@ -232,7 +232,7 @@ def collect(envs, agent, buf: RolloutBuffer, seeds: SeedStream, generator: torch
         log.info("critic input statistics fitted on the first rollout: %s", fitted)
     for t, rows, final in finals:
         buf.final_values[t, torch.as_tensor(rows)] = agent.value(final)
-    last = {k: torch.as_tensor(to_numpy(obs[k])) for k in agent.critic.obs_keys}
+    last = {k: to_torch(obs[k], buf.device) for k in agent.critic.obs_keys}
     return agent.value(last), stats
 
 

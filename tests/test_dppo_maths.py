@@ -310,3 +310,20 @@ def _drift_under_noise_advantages(bc_coef: float) -> float:
 def test_bc_term_holds_the_policy_near_the_base_when_the_advantages_are_noise():
     free, held = _drift_under_noise_advantages(0.0), _drift_under_noise_advantages(1.0)
     assert held < 0.5 * free, (free, held)
+
+
+def test_rollout_inputs_from_a_device_backend_never_pass_through_numpy():
+    """The batched backend's observations and rewards are tensors on its device (a GPU): buffer
+    specs and the finetune loop's conversions take them as tensors. torch's 'meta' device stands
+    in for CUDA here: numpy cannot read it either."""
+    from policy.rl.buffer import obs_specs
+    from sim.api import to_torch
+
+    obs = {"state": torch.empty(4, 2, 10, device="meta"), "rgb/front": torch.empty(4, 2, 8, 8, 3, dtype=torch.uint8,
+                                                                                   device="meta")}
+    specs = obs_specs(obs, ["state", "rgb/front"])
+    assert specs["state"].shape == (2, 10) and specs["state"].dtype == torch.float32
+    assert specs["rgb/front"].shape == (2, 8, 8, 3) and specs["rgb/front"].dtype == torch.uint8
+    moved = to_torch(torch.empty(4, device="meta"), "meta", torch.float32)
+    assert moved.device.type == "meta" and moved.dtype == torch.float32
+    assert torch.equal(to_torch(np.array([1, 0], dtype=bool), "cpu", torch.bool), torch.tensor([True, False]))

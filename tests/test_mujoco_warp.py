@@ -59,8 +59,8 @@ def test_batched_kinematics_and_ik_match_the_cpu_solver(cpu_env):
     assert int(ik.cooldown.max()) > 0  # the far targets did exercise the retry path
 
 
-def _rim_in_phase(env, yaw_offset_deg: float = 0.0, settled: bool = False):
-    """The leg 0.4 mm above its stop over hole 0, `yaw_offset_deg` off the thread phase where it
+def _rim_in_phase(env, yaw_offset_deg: float = 0.0, settled: bool = False, drop: float = 0.0004):
+    """The leg `drop` above its stop over hole 0, `yaw_offset_deg` off the thread phase where it
     is placed (or, `settled`, where it will rest: the phase runs with depth, 15 deg per 0.4 mm)."""
     from data.rotation import axis_angle_to_matrix
 
@@ -68,7 +68,7 @@ def _rim_in_phase(env, yaw_offset_deg: float = 0.0, settled: bool = False):
     env.set_part_pose("top", G.TOP_CORNER_POS, G.TOP_REST_ROT)
     tp, tr = env.body_pose("top")
     hole = tp + tr @ G.hole_centres_local()[0]
-    depth = G.ENGAGE_HEIGHT + 0.0004
+    depth = G.ENGAGE_HEIGHT + drop
     phase_depth = G.ENGAGE_HEIGHT if settled else depth
     yaw = (2 * np.pi / G.THREAD_PITCH * phase_depth + np.pi) % (2 * np.pi) - np.pi + np.radians(yaw_offset_deg)
     env.set_part_pose("leg", hole + tr[:, 1] * depth, tr @ axis_angle_to_matrix(np.array([0.0, 1.0, 0.0]), yaw))
@@ -142,7 +142,9 @@ def test_warp_backend_matches_the_cpu_backend_step_by_step():
 
 def test_warp_thread_engages_with_the_cpu_backend():
     """From the same state on the rim in phase, both backends engage at the first control step
-    and write the same weld (to float32 precision); holding still keeps them together."""
+    and write the same weld (to float32 precision); holding still keeps them together. The leg
+    starts 20 um above its stop: a longer drop onto the near-hard lock is an impact that float32
+    and float64 solvers resolve differently (0.4 mm: 0.08 rad apart in the captured phase)."""
     from tests.conftest import hold_action
 
     host = OneLegMujocoEnv(EnvConfig(randomness="low"))
@@ -151,7 +153,7 @@ def test_warp_thread_engages_with_the_cpu_backend():
 
     warp = make(EnvConfig(randomness="low"), 1, backend="mujoco_warp")
     try:
-        _rim_in_phase(host, 3.0, settled=True)
+        _rim_in_phase(host, 3.0, settled=True, drop=2e-5)
         state = host.get_sim_state()
         cpu_env.reset(seed=0)
         cpu_env.set_sim_state(state)
@@ -163,16 +165,16 @@ def test_warp_thread_engages_with_the_cpu_backend():
             obs, _, _, _, info = cpu_env.step(action)
             out = warp.step(torch.as_tensor(action)[None])
             assert bool(out.infos["engaged"][0]) == info["engaged"]
-            # parts just teleported onto the rim settle in a contact transient that float32 and
-            # float64 solvers resolve differently at the 0.1 mm level (0.42 mm measured)
-            np.testing.assert_allclose(out.obs["parts"][0, -1].numpy(), obs["parts"], atol=1e-3)
+            # parts just placed settle in a contact transient that float32 and float64 solvers
+            # resolve differently (6.3e-5 m measured)
+            np.testing.assert_allclose(out.obs["parts"][0, -1].numpy(), obs["parts"], atol=2e-4)
         assert info["engaged"]
-        # the weld captures the leg's pose as it settled (the transient above: 2e-4 m / rad), the
-        # coupling's phase c0 = yaw - 668 rad/m * depth (so 1e-2 rad for 15 um of depth)
+        # the weld captures the leg's pose as it settled (5.8e-5 measured), the coupling's phase
+        # c0 = yaw - 668 rad/m * depth (4.8e-4 rad measured: 0.7 um of depth)
         th = cpu_env.thread
         weld, coupling = warp.eq_data[0, warp.thread.weld_eq].numpy(), warp.eq_data[0, warp.thread.coupling_eq].numpy()
-        np.testing.assert_allclose(weld, cpu_env.model.eq_data[th.weld_eq], atol=5e-4)
-        np.testing.assert_allclose(coupling, cpu_env.model.eq_data[th.coupling_eq], atol=1e-2)
+        np.testing.assert_allclose(weld, cpu_env.model.eq_data[th.weld_eq], atol=3e-4)
+        np.testing.assert_allclose(coupling, cpu_env.model.eq_data[th.coupling_eq], atol=2e-3)
         np.testing.assert_array_equal(warp.eq_active[0].numpy(), cpu_env.data.eq_active.astype(bool))
     finally:
         host.close()
@@ -224,15 +226,72 @@ def test_warp_divergence_ends_only_that_world_and_overflow_names_the_setting():
             warp.step(obs["state"][:, -1, :10])
 
 
-def test_warp_backend_reports_what_it_cannot_do_yet():
-    from sim.make import make
+def _image_error(a, b) -> tuple[float, float]:
+    """Mean absolute difference (in 1/255) and the fraction of pixels off by more than 32/255."""
+    d = np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16))
+    return float(d.mean()), float((d.max(-1) > 32).mean())
 
-    with pytest.raises(NotImplementedError, match="obs=pixel"):
-        make(EnvConfig(obs_mode="pixel"), 1, backend="mujoco_warp")
+
+# mujoco-warp's ray tracer against MuJoCo's OpenGL renders of the same states: 0.4-0.8/255 mean
+# and under 0.2 % of pixels more than 32/255 off (edges, where a ray and a raster disagree on
+# which surface a pixel centre hits) measured; a wrong camera, pose, channel order or image
+# orientation gives tens per pixel
+IMAGE_MEAN_TOL, IMAGE_OUTLIER_TOL = 2.0, 0.01
 
 
-def test_dppo_fine_tunes_on_the_warp_backend(tmp_path):
-    """sim/finetune.py with sim=mujoco_warp: the same loop, rollouts from the batched worlds."""
+def test_warp_pixel_observations_match_the_cpu_backend_renders():
+    """obs=pixel on mujoco_warp: front and wrist images from the batched tracer (a non-square
+    size, so a transposed image cannot pass), uint8 on the device, the first ones rendered
+    from the reset state, all close to the CPU backend's OpenGL renders of the same states."""
+    cfg = EnvConfig(randomness="low", obs_mode="pixel", include_parts=True)  # the expert reads the parts
+    cfg.render.image_hw = (72, 96)
+    cpu, warp = _pair(cfg)
+    with cpu, warp:
+        o1, _ = cpu.reset(seed=5)
+        o2, _ = warp.reset(seed=5)
+        assert warp.cameras is not None and warp.host.observe_images is False
+        pool = _expert_actions(2, 5)
+        for step in range(6):
+            for cam in ("rgb/front", "rgb/wrist"):
+                got = o2[cam]
+                assert got.dtype == torch.uint8 and tuple(got.shape) == (2, 1, 72, 96, 3)
+                for i in range(2):
+                    mean, outliers = _image_error(got[i, -1].numpy(), o1[cam][i, -1])
+                    assert mean < IMAGE_MEAN_TOL and outliers < IMAGE_OUTLIER_TOL, (step, cam, i, mean, outliers)
+                assert float(got.float().std()) > 20  # a scene, not a blank
+            np.testing.assert_allclose(o2["state"].numpy(), o1["state"], atol=TOL)
+            a = pool.act({k: o1[k][:, -1] for k in ("state", "parts")})
+            o1, o2 = cpu.step(a).obs, warp.step(torch.as_tensor(a)).obs
+        # the wrist camera rides on the hand: the expert's moves changed its view
+        assert _image_error(o2["rgb/wrist"][0, -1].numpy(), warp.latest["rgb/wrist"][1].numpy())[0] > 1.0
+
+
+def test_warp_visual_randomisation_is_per_world_and_the_cpu_backends():
+    """Each world keeps its own episode's colours, lights and camera jitter (per-world model
+    rows on the device, drawn by the host's reset from the episode seed): world i looks like
+    CPU env i, and the two worlds do not look alike."""
+    from sim.config import VisualRandomization
+
+    cfg = EnvConfig(randomness="low", obs_mode="pixel",
+                    visual_randomization=VisualRandomization(lighting=True, colors=True, camera_jitter_pos=0.02,
+                                                             camera_jitter_deg=3.0))
+    cpu, warp = _pair(cfg)
+    with cpu, warp:
+        o1, _ = cpu.reset(seed=21)
+        o2, _ = warp.reset(seed=21)
+        front = o2["rgb/front"][:, -1].numpy()
+        for i in range(2):
+            mean, outliers = _image_error(front[i], o1["rgb/front"][i, -1])
+            assert mean < IMAGE_MEAN_TOL and outliers < IMAGE_OUTLIER_TOL, (i, mean, outliers)
+        assert _image_error(front[0], front[1])[0] > 5 * IMAGE_MEAN_TOL
+        rgba = warp._visuals["geom_rgba"]
+        assert not torch.equal(rgba[0], rgba[1])
+
+
+@pytest.mark.parametrize("obs", ["state", "pixel"])
+def test_dppo_fine_tunes_on_the_warp_backend(tmp_path, obs):
+    """sim/finetune.py with sim=mujoco_warp: the same loop, rollouts from the batched worlds
+    (pixels: the batched tracer's images into the pixel policy, camera encoders fixed)."""
     from policy.checkpoint import load_policy
     from sim.backends.mujoco_warp_one_leg import OneLegWarpVectorEnv
     from sim.finetune import Finetuner
@@ -243,7 +302,8 @@ def test_dppo_fine_tunes_on_the_warp_backend(tmp_path):
         f"out_dir={tmp_path}", "sim=mujoco_warp", "sim.warp.device=cpu", "env.n_envs=2", "train.actor_needs_reward=false",
         "train.n_steps=3", "train.iterations=1", "train.save_every=1", "train.keep_every=0", "eval.every=0",
         "ppo.batch_size=15", "ppo.update_epochs=1", "ppo.critic_warmup=0", "ppo.actor_warmup=0", "ppo.actor_lr=1e-4",
-        "critic.hidden=32", "critic.blocks=1", "device=cpu"])
+        "critic.hidden=32", "critic.blocks=1", "device=cpu",
+        *(["obs=pixel", "train.freeze_image_encoders=true"] if obs == "pixel" else [])])
     ft = Finetuner(cfg)
     with ft._make_envs() as envs:
         assert isinstance(envs, OneLegWarpVectorEnv)
@@ -252,5 +312,6 @@ def test_dppo_fine_tunes_on_the_warp_backend(tmp_path):
 
     last = [json.loads(line) for line in open(tmp_path / "history.jsonl")][-1]
     assert last["env_steps"] == 2 * 3 * 4  # 2 worlds x 3 chunks x 4 executed actions
-    tuned, base = load_policy(tmp_path / "last.pt"), load_policy("checkpoints/one_leg_state_bc.pt")
+    tuned, base = load_policy(tmp_path / "last.pt"), load_policy(f"checkpoints/one_leg_{obs}_bc.pt")
+    assert tuned.obs_keys == base.obs_keys
     assert any(not torch.equal(v, base.state_dict()[k]) for k, v in tuned.state_dict().items())

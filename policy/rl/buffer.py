@@ -7,7 +7,7 @@ chunk's executed actions; scaling and GAE happen after the rollout.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -19,12 +19,14 @@ class ObsSpec:
     dtype: torch.dtype
 
 
-def obs_specs(obs: Mapping[str, np.ndarray], keys) -> dict[str, ObsSpec]:
+def obs_specs(obs: Mapping[str, Any], keys) -> dict[str, ObsSpec]:
     """Specs of the keys of a vector env's (N, To, ...) observation."""
     out = {}
     for k in keys:
-        a = np.asarray(obs[k])
-        out[k] = ObsSpec(tuple(a.shape[1:]), torch.uint8 if a.dtype == np.uint8 else torch.float32)
+        a = obs[k]
+        if not isinstance(a, torch.Tensor):  # a batched backend's are tensors, maybe on a GPU
+            a = torch.as_tensor(np.asarray(a))
+        out[k] = ObsSpec(tuple(a.shape[1:]), torch.uint8 if a.dtype == torch.uint8 else torch.float32)
     return out
 
 

@@ -48,8 +48,13 @@ PHYSICS_FIELDS = tuple(f for f in ("time", "qpos", "qvel", "act", "qacc_warmstar
 class OneLegMujocoEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
 
-    def __init__(self, cfg: EnvConfig | None = None, render_mode: str | None = "rgb_array"):
+    def __init__(self, cfg: EnvConfig | None = None, render_mode: str | None = "rgb_array",
+                 observe_images: bool = True):
+        """`observe_images=False` leaves the camera images out of the observations (the spaces
+        keep them): a batched backend that resets its worlds through this env renders them
+        itself, on its device."""
         self.cfg = cfg = cfg or EnvConfig()
+        self.observe_images = bool(observe_images)
         if cfg.task != "one_leg":
             raise ValueError(f"the mujoco backend implements task 'one_leg', not '{cfg.task}'")
         if cfg.obs_mode not in ("state", "pixel"):
@@ -344,7 +349,7 @@ class OneLegMujocoEnv(gym.Env):
         obs = {"state": self.state_vector()}
         if self.cfg.include_parts:
             obs["parts"] = self.parts_vector()
-        if self.obs_schema.cameras:
+        if self.obs_schema.cameras and self.observe_images:
             t = time.perf_counter()
             for cam in self.obs_schema.cameras:
                 obs[RGB_PREFIX + cam] = self.renderer.render(self.data, cam).copy()

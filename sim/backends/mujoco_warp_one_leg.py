@@ -7,7 +7,8 @@ semantics (early stop, reward sums, histories, `final_obs`) are the CPU backend'
 construction. Per control step, for the stepped worlds at once: action clip -> batched IK
 (torch, float64: `sim.control.batched_ik`) -> joint targets interpolated over `interp_chunks`
 slices of `mjw.step` -> the batched thread (`sim.tasks.one_leg.thread_batched`) -> the task
-maths of `sim.tasks.one_leg.task` on torch.
+maths of `sim.tasks.one_leg.task` on torch -> with obs=pixel, every world's camera images from
+mujoco-warp's batched ray tracer (`sim.render_warp`), per-world visual randomisation included.
 
 Worlds not stepped (their episode ended earlier in the chunk) are stepped along by mujoco-warp,
 which has no per-world mask, and their integration state is put back afterwards.
@@ -28,10 +29,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from data.history import ObsHistory
-from data.schema import ActionSchema
+from data.schema import RGB_PREFIX, ActionSchema
 from sim.assets import MissingDependencyError
-from sim.chunk import ChunkStep, StepOut, execute_chunk
+from sim.chunk import ChunkStep, StepOut, execute_chunk, package_tensor_chunk
 from sim.config import EnvConfig
+from sim.render_warp import VISUAL_FIELDS, BatchedCameras
 from sim.tasks.one_leg import geometry as G
 from sim.tasks.one_leg import scene as S
 from sim.tasks.one_leg import task as T
@@ -70,21 +72,6 @@ def resolve_device(name: str | None) -> str:
     return "cpu"
 
 
-def _rot6d_to_matrix(r6):
-    """(N, 6) -> (N, 3, 3) Gram-Schmidt on the two rows (`data.rotation.rot6d_to_matrix`)."""
-    import torch
-
-    a1, a2 = r6[:, :3], r6[:, 3:6]
-    n1 = torch.linalg.norm(a1, dim=-1, keepdim=True)
-    b1 = a1 / n1
-    b2 = a2 - (b1 * a2).sum(-1, keepdim=True) * b1
-    n2 = torch.linalg.norm(b2, dim=-1, keepdim=True)
-    if bool((n1 < 1e-8).any()) or bool((n2 < 1e-8).any()):
-        raise ValueError("degenerate 6D rotation in an action (zero or parallel rows)")
-    b2 = b2 / n2
-    return torch.stack([b1, b2, torch.linalg.cross(b1, b2, dim=-1)], dim=-2)
-
-
 class OneLegWarpVectorEnv:
     """N one_leg worlds on one device; see the module doc and `sim.api.VectorEnv`."""
 
@@ -98,10 +85,6 @@ class OneLegWarpVectorEnv:
         from sim.control.batched_ik import BatchedDifferentialIK
         from sim.tasks.one_leg.thread_batched import BatchedThread
 
-        if cfg.obs_mode != "state":
-            raise NotImplementedError(
-                "sim.backend=mujoco_warp has state observations only so far; obs=pixel (mujoco-warp's batched "
-                "renderer) is the next slice of this backend. Use sim.backend=mujoco for pixels.")
         if obs_history < 1:
             raise ValueError(f"obs_history must be >= 1, got {obs_history}")
         self.cfg, self.num_envs, self.obs_history = cfg, int(n_envs), int(obs_history)
@@ -109,20 +92,32 @@ class OneLegWarpVectorEnv:
         self.device = resolve_device(wcfg.device)
         self.torch_device = torch.device(self.device)
         wp.init()
-        # the host env: the model both backends share, and every reset (module doc)
-        self.host = OneLegMujocoEnv(cfg, render_mode=None)
+        # the host env: the model both backends share, and every reset (module doc); the device
+        # renders the images (a first observation's too), so the host needs no OpenGL
+        self.host = OneLegMujocoEnv(cfg, render_mode=None, observe_images=False)
         mjm = self.host.model
+        pixels = bool(self.host.obs_schema.cameras)
         self.single_observation_space = self.host.observation_space
         self.single_action_space = self.host.action_space
         self.obs_schema = self.host.obs_schema
         self.action_schema = ActionSchema(control_hz=cfg.control_hz)
         n = self.num_envs
+        # per-world model rows: the thread's equalities, and with cameras each episode's visuals
+        batched = ("eq_data", *(VISUAL_FIELDS if pixels else ()))
         with wp.ScopedDevice(self.device):
-            self.m = mjw.put_model(mjm, batch_sizes={"eq_data": n})
+            self.m = mjw.put_model(mjm, batch_sizes={f: n for f in batched})
             self.d = mjw.make_data(mjm, nworld=n, nconmax=wcfg.nconmax, njmax=wcfg.njmax)
         self._wp, self._mjw = wp, mjw
         t = lambda a: wp.to_torch(a)  # noqa: E731  zero-copy views
         d = self.d
+        self._visuals = {f: t(getattr(self.m, f)) for f in VISUAL_FIELDS} if pixels else {}
+        self.cameras = None
+        self._pose_views = [t(getattr(d, f)) for f in ("xpos", "xmat", "site_xpos", "site_xmat")]
+        if pixels:
+            rc = cfg.render
+            self.cameras = BatchedCameras(mjm, n, self.host.obs_schema.cameras, tuple(rc.image_hw), rc.low_poly,
+                                          self.device)
+            self._pose_views += [t(getattr(d, f)) for f in ("cam_xpos", "cam_xmat", "light_xpos", "light_xdir")]
         self.qpos, self.qvel, self.ctrl = t(d.qpos), t(d.qvel), t(d.ctrl)
         self.eq_active, self.eq_data = t(d.eq_active), t(self.m.eq_data)
         self.xpos, self.xmat = t(d.xpos), t(d.xmat)
@@ -161,7 +156,7 @@ class OneLegWarpVectorEnv:
         self.host.reset(seed=0)  # a snapshot's layout (reset() draws every world's episode anew)
         self._state_template = {k: v for k, v in self.host.get_sim_state().items()
                                 if k in ("time", *_DEVICE_FIELDS, "plugin_state", "history")}
-        self.timings = {"physics": 0.0, "ik": 0.0, "reset": 0.0, "thread": 0.0, "task": 0.0}
+        self.timings = {"physics": 0.0, "ik": 0.0, "reset": 0.0, "thread": 0.0, "task": 0.0, "render": 0.0}
         self._needs_reset = True
         self._closed = False
 
@@ -183,6 +178,8 @@ class OneLegWarpVectorEnv:
         for i, seed in zip(rows, seeds):
             episode_seed = self._next_seed(int(i), seed)
             obs, info = self.host.reset(seed=episode_seed)
+            for f, view in self._visuals.items():  # this episode's visual randomisation
+                view[int(i)] = torch.as_tensor(getattr(self.host.model, f), device=self.torch_device)
             states.append(self.host.get_sim_state())
             starts.append(self.host.start_state)
             obs_rows.append(obs)
@@ -191,8 +188,12 @@ class OneLegWarpVectorEnv:
         self.set_sim_states(rows, states, observe=False)  # the host's observations and EE below
         idx = torch.as_tensor(np.asarray(rows, dtype=np.int64), device=self.torch_device)
         self.start_state[idx] = torch.as_tensor(starts, device=self.torch_device)
-        for k in self.latest:
+        for k in obs_rows[0]:
             self.latest[k][idx] = torch.as_tensor(np.stack([o[k] for o in obs_rows]), device=self.torch_device)
+        if self.cameras is not None:  # the first images, rendered on the device from the uploaded state
+            self._refresh_poses(idx)
+            for k, img in self._render(idx).items():
+                self.latest[k][idx] = img
         self.ee_pos[idx] = torch.as_tensor(np.stack(ee), dtype=torch.float64, device=self.torch_device)
         self.seeds[idx] = torch.as_tensor([int(inf["episode_seed"]) for inf in infos], device=self.torch_device)
         self.returns[idx] = 0.0
@@ -323,6 +324,8 @@ class OneLegWarpVectorEnv:
         """`data.action_clip.clip_action` on torch: workspace box, step limit, 6D -> matrix."""
         import torch
 
+        from sim.control.batched_ik import rot6d_to_matrix
+
         cfg = self.cfg
         ee_b = self.ee_pos[rows] - self.base
         pos = torch.minimum(torch.maximum(a[:, :3], self.ws_low), self.ws_high)
@@ -332,7 +335,7 @@ class OneLegWarpVectorEnv:
         scale = torch.where(limited, cfg.max_pos_step / torch.clamp(dist, min=1e-12), torch.ones_like(dist))
         pos = torch.where(limited[:, None], ee_b + delta * scale[:, None], pos)
         width = torch.clamp(a[:, 9], 0.0, cfg.gripper_max_width)
-        return pos + self.base, _rot6d_to_matrix(a[:, 3:9]), width
+        return pos + self.base, rot6d_to_matrix(a[:, 3:9]), width
 
     def _physics(self, rows, active, q_goal, width) -> None:
         """One control step of physics for worlds `rows`; the others are put back as they were."""
@@ -369,9 +372,11 @@ class OneLegWarpVectorEnv:
         others get their (one substep stale, as on the CPU) poses back."""
         import torch
 
-        views = (self.xpos, self.xmat, self.site_xpos, self.site_xmat)
+        views = self._pose_views
         saved = [v.clone() for v in views]
         self._mjw.kinematics(self.m, self.d)
+        if self.cameras is not None:
+            self._mjw.camlight(self.m, self.d)
         keep = torch.ones(self.num_envs, dtype=torch.bool, device=self.torch_device)
         keep[worlds] = False
         for v, old in zip(views, saved):
@@ -405,7 +410,17 @@ class OneLegWarpVectorEnv:
             for b in (self.top_id, self.leg_id):
                 out += [self.xpos[rows, b] - base, self.xmat[rows, b][:, :2, :].reshape(-1, 6)]
             obs["parts"] = torch.cat(out, dim=-1).to(torch.float32)
+        if self.cameras is not None:
+            obs.update(self._render(rows))
         return obs
+
+    def _render(self, rows) -> dict[str, Any]:
+        """Camera images of worlds `rows` from the current poses (the tracer draws every world)."""
+        t0 = time.perf_counter()
+        images = self.cameras.render(self.m, self.d)
+        out = {RGB_PREFIX + cam: img[rows] for cam, img in images.items()}
+        self.timings["render"] += time.perf_counter() - t0
+        return out
 
     def _task(self, rows, ik_err):
         """Success, part loss, reward and infos of the stepped worlds (float64, as the CPU env)."""
@@ -513,15 +528,7 @@ class OneLegWarpVectorEnv:
         idle = infos["executed"] == 0
         infos["episode_seed"][idle] = self.seeds[idle]
         infos["next_episode_seed"][idle] = self.seeds[idle]
-        done = terminated | truncated
-        final_obs = {}
-        for key, buf in self.final_history.buffers.items():
-            final_obs[key] = torch.zeros_like(buf)
-            final_obs[key][done] = buf[done]
-        infos["done"] = done
-        infos["final_obs"] = final_obs
-        obs = {k: v.clone() for k, v in self.history.buffers.items()}
-        return ChunkStep(obs, reward, terminated, truncated, infos)
+        return package_tensor_chunk(self.history, self.final_history, reward, terminated, truncated, infos)
 
     def call(self, name: str, *args: Any, **kwargs: Any) -> list[Any]:
         """The CPU vector env's per-env calls that make sense here: the shared model's schema and

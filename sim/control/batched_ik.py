@@ -32,6 +32,20 @@ def quat_to_matrix(q: torch.Tensor) -> torch.Tensor:
     ], -2)
 
 
+def rot6d_to_matrix(r6: torch.Tensor) -> torch.Tensor:
+    """(N, 6) -> (N, 3, 3): Gram-Schmidt on the two rows (`data.rotation.rot6d_to_matrix`); a
+    degenerate pair (zero or parallel rows) is an error, not a silent identity."""
+    a1, a2 = r6[:, :3], r6[:, 3:6]
+    n1 = torch.linalg.norm(a1, dim=-1, keepdim=True)
+    b1 = a1 / n1
+    b2 = a2 - (b1 * a2).sum(-1, keepdim=True) * b1
+    n2 = torch.linalg.norm(b2, dim=-1, keepdim=True)
+    if bool((n1 < 1e-8).any()) or bool((n2 < 1e-8).any()):
+        raise ValueError("degenerate 6D rotation in an action (zero or parallel rows)")
+    b2 = b2 / n2
+    return torch.stack([b1, b2, torch.linalg.cross(b1, b2, dim=-1)], dim=-2)
+
+
 def matrix_to_quat(m: torch.Tensor) -> torch.Tensor:
     """(..., 3, 3) -> (..., 4) wxyz with w >= 0: the branches of `data.rotation.matrix_to_quat`."""
     m00, m11, m22 = m[..., 0, 0], m[..., 1, 1], m[..., 2, 2]
