@@ -36,6 +36,16 @@ class WarpConfig:
 
 
 @dataclass
+class IsaacGymConfig:
+    """sim.backend=isaacgym only (furniture-bench's FurnitureRLSimEnv; sim/backends/isaacgym_one_leg.py)."""
+
+    close_below: float = 0.0325  # m: an action's finger-gap target under this closes the gripper (half its 65 mm)
+    compute_device_id: int = 0
+    graphics_device_id: int = 0
+    headless: bool = True
+
+
+@dataclass
 class EnvConfig:
     task: str = "one_leg"
     obs_mode: str = "state"  # "state" | "pixel" (pixel adds rgb/<camera>)
@@ -63,6 +73,7 @@ class EnvConfig:
     thread: ThreadConfig = field(default_factory=ThreadConfig)
     success: SuccessConfig = field(default_factory=SuccessConfig)
     warp: WarpConfig = field(default_factory=WarpConfig)
+    isaacgym: IsaacGymConfig = field(default_factory=IsaacGymConfig)
 
     @property
     def substeps(self) -> int:

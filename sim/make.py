@@ -54,10 +54,13 @@ def _vector_isaacgym(cfg: EnvConfig, n_envs: int, n_workers: int | None, obs_his
                      wrap: Callable[[int, gym.Env], gym.Env] | None) -> VectorEnv:
     _require("isaacgym", "isaacgym (IsaacGym Preview 4, NVIDIA; Python <= 3.8, not on PyPI)",
              "furniture-bench's FurnitureSim")
-    _require("furniture_bench", "furniture-bench", "FurnitureRLSimEnv")
-    raise NotImplementedError(
-        "sim.backend=isaacgym (furniture-bench FurnitureRLSimEnv) is not implemented yet. Use sim.backend=mujoco."
-    )
+    _require("furniture_bench.envs.furniture_rl_sim_env",
+             "furniture-bench's DPPO fork (github.com/ankile/furniture-bench; docs/isaacgym.md)", "FurnitureRLSimEnv")
+    if wrap is not None:
+        raise NotImplementedError("per-env wrappers (video recording) need single envs: sim.backend=mujoco")
+    from sim.backends.isaacgym_one_leg import IsaacGymOneLegVectorEnv
+
+    return IsaacGymOneLegVectorEnv(cfg, n_envs, obs_history=obs_history)
 
 
 VectorFactory = Callable[[EnvConfig, int, "int | None", int, "Callable[[int, gym.Env], gym.Env] | None"], VectorEnv]
@@ -111,6 +114,7 @@ def env_config_from_hydra(cfg: Mapping[str, Any]) -> EnvConfig:
         "ik": dict(sim["ik"]),
         "visual_randomization": dict(sim["visual_randomization"]),
         "warp": dict(sim.get("warp") or {}),
+        "isaacgym": dict(sim.get("isaacgym") or {}),
         "render": {**dict(sim["render"]), "cameras": list(obs["cameras"]), "image_hw": list(obs["image_hw"])},
         "obs_mode": obs["mode"],
         # optional: configs saved before start states existed lack the keys
