@@ -278,7 +278,9 @@ class OneLegWarpVectorEnv:
         t3 = time.perf_counter()
         if bool(changed.any()):
             self._refresh_poses(rows[changed])
+        rendered = self.timings["render"]
         obs = self._observe(rows)
+        rendered = self.timings["render"] - rendered  # counted under render, not task
         self.ee_pos[rows] = self.site_xpos[rows, self.ee_site].to(torch.float64)
         self.steps[rows] += 1
         diverged = self._diverged(rows)
@@ -317,7 +319,7 @@ class OneLegWarpVectorEnv:
         self.timings["ik"] += t1 - t0
         self.timings["physics"] += t2 - t1
         self.timings["thread"] += t3 - t2
-        self.timings["task"] += t4 - t3
+        self.timings["task"] += t4 - t3 - rendered
         return StepOut(self.latest, reward, terminated, truncated, final, infos)
 
     def _clip(self, a, rows):

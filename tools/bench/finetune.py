@@ -11,6 +11,7 @@ float64, images included) holds for the same rollout.
     python tools/bench/finetune.py                        # state + pixel, 8 and 32 envs
     python tools/bench/finetune.py --modes state --envs 8 16
     python tools/bench/finetune.py --modes pixel-frozen   # train.freeze_image_encoders=true
+    python tools/bench/finetune.py --sim mujoco_warp --device cuda --envs 1000 --steps 88   # the paper's scale, a GPU
 """
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 
-def run_one(mode: str, n_envs: int, steps: int, iterations: int, buffer_steps: int, workers: int) -> dict:
+def run_one(mode: str, n_envs: int, steps: int, iterations: int, buffer_steps: int, workers: int,
+            sim: str = "mujoco", device: str = "cpu") -> dict:
     import torch
 
     from policy.rl.buffer import RolloutBuffer, reference_float64_nbytes
@@ -39,7 +41,8 @@ def run_one(mode: str, n_envs: int, steps: int, iterations: int, buffer_steps: i
         cfg = compose_config("finetune", [f"obs={obs}", f"train.freeze_image_encoders={frozen}", f"out_dir={out}", f"env.n_envs={n_envs}",
                                           f"env.n_workers={workers}", f"train.n_steps={steps}",
                                           f"train.iterations={iterations}", "eval.every=0", "ppo.critic_warmup=0",
-                                          "ppo.actor_warmup=0", "train.save_every=1000", "device=cpu"])
+                                          "ppo.actor_warmup=0", "train.save_every=1000", f"device={device}",
+                                          f"sim={sim}"])
         ft = Finetuner(cfg)
         ft.train()
         rows = [h for h in ft.history if "time" in h]
@@ -53,7 +56,7 @@ def run_one(mode: str, n_envs: int, steps: int, iterations: int, buffer_steps: i
     return {"mode": mode, "n_envs": n_envs, "chunk_steps": steps, "env_steps": env_steps,
             "s_per_1k_env_steps": per_k, "env_steps_per_s": last["env_steps_per_s"],
             "buffer_MB": ours / 2**20, "reference_float64_MB": ref / 2**20, "ratio": ours / ref,
-            "buffer_chunk_steps": buffer_steps, "torch_threads": torch.get_num_threads()}
+            "buffer_chunk_steps": buffer_steps, "torch_threads": torch.get_num_threads(), "sim": sim, "device": device}
 
 
 def main() -> None:
@@ -65,6 +68,8 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=2)
     ap.add_argument("--buffer-steps", type=int, default=175)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--sim", default="mujoco", choices=["mujoco", "mujoco_warp"], help="simulator backend")
+    ap.add_argument("--device", default="cpu", help="policy device: cpu | cuda | auto")
     ap.add_argument("--out", default=str(ROOT / "docs" / "bench" / "finetune.json"))
     args = ap.parse_args()
     os.chdir(ROOT)
@@ -72,7 +77,8 @@ def main() -> None:
     for mode in args.modes:
         for n in args.envs:
             t0 = time.perf_counter()
-            rows.append(run_one(mode, n, args.steps, args.iterations, args.buffer_steps, args.workers))
+            rows.append(run_one(mode, n, args.steps, args.iterations, args.buffer_steps, args.workers, args.sim,
+                                args.device))
             print(f"  {mode} {n} envs done in {time.perf_counter() - t0:.0f} s", flush=True)
     head = (f"{'mode':12} {'envs':>4} | {'sim':>6} {'policy':>6} {'logprob':>7} {'update':>6} {'total':>6} "
             f"(s / 1k env steps) | {'steps/s':>7} | {'buffer MB':>9} {'ref f64 MB':>10} {'ratio':>5}")

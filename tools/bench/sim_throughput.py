@@ -111,7 +111,7 @@ def main() -> None:
             for n in args.envs:
                 rows.append(bench_one_leg(mode, n, min(args.workers, n), args.steps))
                 _print_row(rows[-1])
-        if "mujoco_warp" in args.backends and mode == "state":  # pixels on the batched backend: next slice
+        if "mujoco_warp" in args.backends:
             for n in args.warp_worlds:
                 rows.append(bench_one_leg(mode, n, 0, args.steps, warmup=3, backend="mujoco_warp"))
                 _print_row(rows[-1])
