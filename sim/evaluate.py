@@ -38,12 +38,23 @@ def env_config_for(policy: ChunkPolicy, cfg: Mapping[str, Any]):
 
 def make_evaluator(policy: ChunkPolicy, cfg: Mapping[str, Any], n_envs: int, n_workers: int,
                    video_camera: str = "both", video_hw: tuple[int, int] = (120, 160)) -> Evaluator:
-    """An Evaluator whose envs (built on first use, then kept) observe what `policy` reads."""
+    """An Evaluator whose envs (built on first use, then kept) observe what `policy` reads.
+
+    Evaluation runs on MuJoCo C (`sim.backend=mujoco`) also when training uses the batched
+    mujoco-warp worlds: the same model in float64, the reference the figures are compared on,
+    and the backend with video. On IsaacGym it stays there, without video."""
+    from omegaconf import open_dict
+
     from sim.make import make_from_hydra
     from sim.video import record_first_env
 
     env_cfg = env_config_for(policy, cfg)
-    record = partial(record_first_env, camera=video_camera, image_hw=video_hw)
+    backend = str(env_cfg.sim.backend)
+    if backend == "mujoco_warp":
+        with open_dict(env_cfg):
+            env_cfg.sim.backend = "mujoco"
+        backend = "mujoco"
+    record = partial(record_first_env, camera=video_camera, image_hw=video_hw) if backend == "mujoco" else None
     return Evaluator(lambda history: make_from_hydra(env_cfg, n_envs=n_envs, n_workers=n_workers,
                                                      obs_history=history, wrap=record))
 

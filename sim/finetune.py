@@ -33,6 +33,20 @@ from typing import Any, Iterator, Mapping
 if __package__ in (None, ""):  # `python sim/finetune.py`: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+
+def _isaacgym_first() -> None:
+    """IsaacGym refuses to load once torch is imported (docs/isaacgym.md): with sim=isaacgym on
+    the command line, load it (and the furniture-bench fork) before anything imports torch."""
+    if any(a.partition("=")[0] in ("sim", "sim.backend") and a.partition("=")[2] == "isaacgym" for a in sys.argv[1:]):
+        try:
+            import isaacgym  # noqa: F401
+            import furniture_bench  # noqa: F401
+        except ImportError:
+            pass  # sim.make names what is missing
+
+
+_isaacgym_first()
+
 import hydra
 import numpy as np
 import torch
@@ -182,6 +196,11 @@ class RolloutStats:
                 "policy_s": self.policy_s}
 
 
+def _rows(x, rows: np.ndarray):
+    """x[rows] on x's own side (a device tensor is indexed there, before anything is copied)."""
+    return x[torch.as_tensor(rows, device=x.device)] if isinstance(x, torch.Tensor) else x[rows]
+
+
 def collect(envs, agent, buf: RolloutBuffer, seeds: SeedStream, generator: torch.Generator):
     """Fill `buf` with one iteration's rollout from freshly reset envs; returns the last
     observation's values (bootstrap) and the rollout's episode statistics."""
@@ -210,7 +229,7 @@ def collect(envs, agent, buf: RolloutBuffer, seeds: SeedStream, generator: torch
         done = np.flatnonzero(to_numpy(inf["done"]))
         trunc = np.flatnonzero(to_numpy(step.truncated).astype(bool))
         if trunc.size:  # bootstrap from the true final observation, not the next episode's first
-            finals.append((t, trunc, {k: to_torch(inf["final_obs"][k], buf.device)[torch.as_tensor(trunc)]
+            finals.append((t, trunc, {k: to_torch(_rows(inf["final_obs"][k], trunc), buf.device)
                                       for k in agent.critic.obs_keys}))
         ended = {k: to_numpy(inf[k]) for k in ("success", "episode_return", "episode_length", "diverged")} \
             if done.size else {}

@@ -8,8 +8,9 @@ green, 2 red), so a uint8 view of that buffer is the image, channels reversed.
 It draws what CameraRenderer draws (geom group 0, the part visuals and the robot's collision or
 visual meshes; no shadows, reflections or skybox), so a policy sees the same scene from either
 backend: images agree with the OpenGL renders to a few 1/255 per pixel on average
-(tests/test_mujoco_warp.py states the measured figures). Per-world model fields that the
-tracer reads by world (geom_rgba, light_*, cam_*) carry the visual randomisation.
+(tests/test_mujoco_warp.py states the measured figures). Per-world model fields carry the visual
+randomisation: the tracer reads geom_rgba and light_diffuse by world, and mujoco-warp's camlight
+pass turns each world's cam_pos/cam_quat/light_dir into its camera and light poses.
 """
 from __future__ import annotations
 
@@ -59,8 +60,7 @@ class BatchedCameras:
         self._bgr_to_rgb = torch.tensor([2, 1, 0], device=self._bytes.device)
 
     def render(self, m: Any, d: Any) -> dict[str, Any]:
-        """Every world's images from d's current poses (views into the tracer's buffer: copy
-        what must outlive the next call)."""
+        """Every world's images from d's current poses (fresh tensors: the channel reorder copies)."""
         self._mjw.refit_bvh(m, d, self.rc)
         self._mjw.render(m, d, self.rc)
         h, w = self.image_hw

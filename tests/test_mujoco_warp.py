@@ -300,7 +300,9 @@ def test_dppo_fine_tunes_on_the_warp_backend(tmp_path, obs):
     torch.set_num_threads(1)
     cfg = compose_config("finetune", [
         f"out_dir={tmp_path}", "sim=mujoco_warp", "sim.warp.device=cpu", "env.n_envs=2", "train.actor_needs_reward=false",
-        "train.n_steps=3", "train.iterations=1", "train.save_every=1", "train.keep_every=0", "eval.every=0",
+        "train.n_steps=3", "train.iterations=1", "train.save_every=1", "train.keep_every=0",
+        *(["eval.every=1", "eval.at_start=false", "eval.episodes=1", "eval.n_envs=1", "eval.n_workers=0",
+           "eval.video=false"] if obs == "state" else ["eval.every=0"]),
         "ppo.batch_size=15", "ppo.update_epochs=1", "ppo.critic_warmup=0", "ppo.actor_warmup=0", "ppo.actor_lr=1e-4",
         "critic.hidden=32", "critic.blocks=1", "device=cpu",
         *(["obs=pixel", "train.freeze_image_encoders=true"] if obs == "pixel" else [])])
@@ -312,6 +314,8 @@ def test_dppo_fine_tunes_on_the_warp_backend(tmp_path, obs):
 
     last = [json.loads(line) for line in open(tmp_path / "history.jsonl")][-1]
     assert last["env_steps"] == 2 * 3 * 4  # 2 worlds x 3 chunks x 4 executed actions
+    if obs == "state":  # evaluation runs on MuJoCo C (sim.evaluate): an episode to its end
+        assert last["eval"]["n_episodes"] == 1 and last["eval"]["env_steps"] > 100
     tuned, base = load_policy(tmp_path / "last.pt"), load_policy(f"checkpoints/one_leg_{obs}_bc.pt")
     assert tuned.obs_keys == base.obs_keys
     assert any(not torch.equal(v, base.state_dict()[k]) for k, v in tuned.state_dict().items())

@@ -175,20 +175,30 @@ class IsaacGymOneLegVectorEnv:
     """`VectorEnv` over one `FurnitureRLSimEnv` of N envs (sim.api), our schema in and out.
 
     Chunks run through `sim.chunk.execute_chunk` as on the other backends. IsaacGym steps every
-    env; an env outside `active` is sent a hold action (its current EE pose and gripper), since
-    the fork offers no per-env pause. Observations are torch tensors on IsaacGym's device.
+    env; an env outside `active` is sent a hold action (its observed EE pose and finger gap),
+    since the fork offers no per-env pause, and keeps its last observation until it is stepped
+    again. Observations are torch tensors on IsaacGym's device. The fork reports success only:
+    the other milestones read False. Its resets draw from the global torch/numpy generators (the
+    run's seed); per-episode seeds are not supported (`episode_seed` is -1).
     """
 
     metadata = {"render_modes": [], "render_fps": 10, "autoreset_mode": "same_step"}
 
     def __init__(self, cfg, n_envs: int, obs_history: int = 1, frames: FrameMap | None = None):
-        import furniture_bench  # noqa: F401  (before torch: the fork's own rule)
+        # IsaacGym must be imported before torch: sim/finetune.py does it for sim=isaacgym
+        import furniture_bench  # noqa: F401
         import torch
         from furniture_bench.envs.furniture_rl_sim_env import FurnitureRLSimEnv
 
         from data.history import ObsHistory
         from data.schema import ActionSchema, ObsSchema
+        from sim.backends.mujoco_one_leg import action_space_for, observation_space_for
 
+        unsupported = {"task.reward=dense": cfg.reward != "sparse", "task.start_states": cfg.start_states is not None,
+                       "task.terminate_on_success=false": not cfg.terminate_on_success}
+        if any(unsupported.values()):
+            raise NotImplementedError(f"sim.backend=isaacgym does not support {[k for k, v in unsupported.items() if v]}"
+                                      " (the fork's sparse reward and resets only)")
         self.cfg, self.icfg, self.frames = cfg, cfg.isaacgym, frames or FrameMap()
         self.num_envs, self.obs_history = int(n_envs), int(obs_history)
         cameras = tuple(cfg.render.cameras) if cfg.obs_mode == "pixel" else ()
@@ -206,6 +216,8 @@ class IsaacGymOneLegVectorEnv:
         self.obs_schema = ObsSchema(cameras=cameras, image_hw=tuple(cfg.render.image_hw),
                                     include_joints=cfg.include_joints, include_parts=cfg.include_parts, n_parts=2)
         self.action_schema = ActionSchema(control_hz=cfg.control_hz)
+        self.single_observation_space = observation_space_for(self.obs_schema)
+        self.single_action_space = action_space_for(cfg)
         self.history = ObsHistory(self.obs_history, self._obs_keys())
         self.final_history = ObsHistory(self.obs_history, self._obs_keys())
         self.steps = torch.zeros(self.num_envs, dtype=torch.int64, device=self.device)
@@ -229,17 +241,13 @@ class IsaacGymOneLegVectorEnv:
     def reset(self, seed: int | None = None, options: dict | None = None, seeds=None):
         import torch
 
-        if seed is not None:
-            torch.manual_seed(int(seed))  # the fork draws its reset noise from torch and numpy
-            np.random.seed(int(seed) % 2**32)
         self._raw = self.env.reset()
         self.latest = self._convert(self._raw)
         self.steps.zero_()
         self.returns.zero_()
         self.history.reset(self.latest)
         self.final_history.reset(self.latest)
-        return ({k: v.clone() for k, v in self.history.buffers.items()},
-                {"episode_seed": torch.full((self.num_envs,), -1, device=self.device)})
+        return {k: v.clone() for k, v in self.history.buffers.items()}, self._infos(torch.zeros_like(self.steps).bool())
 
     def step_masked(self, actions, active, reset_seeds):
         """One control step of every env (`sim.chunk.MaskedStepper`); idle envs hold."""
@@ -248,20 +256,19 @@ class IsaacGymOneLegVectorEnv:
         from sim.chunk import StepOut
 
         a = torch.as_tensor(actions, device=self.device, dtype=torch.float32)
+        active = torch.as_tensor(active, device=self.device).bool()
         if not bool(torch.isfinite(a[active]).all()):
             raise ValueError("action contains NaN/Inf")
-        hold = torch.cat([self.latest["state"][:, :9], torch.full_like(a[:, :1], self.cfg.gripper_max_width)], -1)
-        a = torch.where(torch.as_tensor(active, device=self.device)[:, None], a, hold)
+        a = torch.where(active[:, None], a, self.latest["state"][:, :10])  # idle: hold pose and gap
         self._raw, reward, done, _ = self.env.step(action_to_isaac(a, self.frames, self.icfg.close_below))
         obs = self._convert(self._raw)
-        self.steps += 1
+        self.steps += active.long()
         success = done.reshape(-1).bool()
         term = success & active
         trunc = (self.steps >= self.cfg.max_episode_steps) & ~term & active
         reward = reward.reshape(-1).to(torch.float32) * active
         self.returns += reward
-        infos = {"success": success & active, "diverged": torch.zeros_like(success),
-                 "episode_return": self.returns.clone(), "episode_length": self.steps.clone()}
+        infos = self._infos(success & active)
         final = {k: v.clone() for k, v in obs.items()}
         ended = torch.nonzero(term | trunc)[:, 0]
         if len(ended):
@@ -276,6 +283,19 @@ class IsaacGymOneLegVectorEnv:
                 if k in self.latest else obs[k]
         return StepOut(self.latest, reward, term, trunc, final, infos)
 
+    def _infos(self, success):
+        """The VectorEnv info keys (sim.api), (N,) tensors on the device."""
+        import torch
+
+        from sim.tasks.one_leg.task import MILESTONES
+
+        none = torch.full_like(self.steps, -1)
+        out = {"success": success, "diverged": torch.zeros_like(success), "episode_return": self.returns.clone(),
+               "episode_length": self.steps.clone(), "episode_seed": none, "next_episode_seed": none.clone()}
+        out.update({f"milestones/{m}": success.clone() if m == "success" else torch.zeros_like(success)
+                    for m in MILESTONES})
+        return out
+
     def step(self, actions, active=None, reset_seeds=None):
         import torch
 
@@ -288,8 +308,11 @@ class IsaacGymOneLegVectorEnv:
             torch.as_tensor(active, device=self.device).bool()
         reset_seeds = torch.full((n,), -1, dtype=torch.int64, device=self.device) if reset_seeds is None else \
             torch.as_tensor(reset_seeds, device=self.device).long()
-        result = execute_chunk(self, self.history, self.final_history, chunk, active, reset_seeds)
-        return package_tensor_chunk(self.history, self.final_history, *result)
+        reward, terminated, truncated, infos = execute_chunk(self, self.history, self.final_history, chunk, active,
+                                                             reset_seeds)
+        for k, v in self._infos(torch.zeros_like(active)).items():  # a chunk no env stepped
+            infos.setdefault(k, v)
+        return package_tensor_chunk(self.history, self.final_history, reward, terminated, truncated, infos)
 
     def call(self, name: str, *args, **kwargs):
         raise NotImplementedError(f"call('{name}') is not available on sim.backend=isaacgym")

@@ -45,6 +45,24 @@ PHYSICS_FIELDS = tuple(f for f in ("time", "qpos", "qvel", "act", "qacc_warmstar
                                    "plugin_state", "history") if hasattr(mujoco.MjData, f))
 
 
+def observation_space_for(schema: ObsSchema) -> gym.spaces.Dict:
+    """One env's observation space for a schema (every backend's)."""
+    spaces = {}
+    for key, spec in schema.specs().items():
+        if spec.dtype == "uint8":
+            spaces[key] = gym.spaces.Box(0, 255, spec.shape, np.uint8)
+        else:
+            spaces[key] = gym.spaces.Box(-np.inf, np.inf, spec.shape, np.float32)
+    return gym.spaces.Dict(spaces)
+
+
+def action_space_for(cfg: EnvConfig) -> gym.spaces.Box:
+    """Absolute EE targets: workspace box, 6D rotation, finger gap."""
+    lo = np.array([*cfg.workspace_low, *[-1.0] * 6, 0.0], dtype=np.float32)
+    hi = np.array([*cfg.workspace_high, *[1.0] * 6, cfg.gripper_max_width], dtype=np.float32)
+    return gym.spaces.Box(lo, hi, dtype=np.float32)
+
+
 class OneLegMujocoEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
 
@@ -92,10 +110,8 @@ class OneLegMujocoEnv(gym.Env):
             n_parts=2,
         )
         self.action_schema = ActionSchema(control_hz=cfg.control_hz)
-        self.observation_space = self._make_obs_space()
-        lo = np.array([*cfg.workspace_low, *[-1.0] * 6, 0.0], dtype=np.float32)
-        hi = np.array([*cfg.workspace_high, *[1.0] * 6, cfg.gripper_max_width], dtype=np.float32)
-        self.action_space = gym.spaces.Box(lo, hi, dtype=np.float32)
+        self.observation_space = observation_space_for(self.obs_schema)
+        self.action_space = action_space_for(cfg)
         self.limits = ActionLimits(tuple(cfg.workspace_low), tuple(cfg.workspace_high), cfg.max_pos_step,
                                    cfg.gripper_max_width)
         self._warning_counts = (0,) * len(_INSTABILITY_WARNINGS)
@@ -121,15 +137,6 @@ class OneLegMujocoEnv(gym.Env):
         if err > 1e-3:
             raise RuntimeError(f"home pose IK did not converge (error {err:.4f})")
         return q
-
-    def _make_obs_space(self) -> gym.spaces.Dict:
-        spaces = {}
-        for key, spec in self.obs_schema.specs().items():
-            if spec.dtype == "uint8":
-                spaces[key] = gym.spaces.Box(0, 255, spec.shape, np.uint8)
-            else:
-                spaces[key] = gym.spaces.Box(-np.inf, np.inf, spec.shape, np.float32)
-        return gym.spaces.Dict(spaces)
 
     @property
     def renderer(self):

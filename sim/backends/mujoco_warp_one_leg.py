@@ -117,7 +117,9 @@ class OneLegWarpVectorEnv:
             rc = cfg.render
             self.cameras = BatchedCameras(mjm, n, self.host.obs_schema.cameras, tuple(rc.image_hw), rc.low_poly,
                                           self.device)
-            self._pose_views += [t(getattr(d, f)) for f in ("cam_xpos", "cam_xmat", "light_xpos", "light_xdir")]
+            # what the tracer draws too: a thread switch in one world must not move another's geoms
+            self._pose_views += [t(getattr(d, f)) for f in ("geom_xpos", "geom_xmat", "cam_xpos", "cam_xmat",
+                                                            "light_xpos", "light_xdir")]
         self.qpos, self.qvel, self.ctrl = t(d.qpos), t(d.qvel), t(d.ctrl)
         self.eq_active, self.eq_data = t(d.eq_active), t(self.m.eq_data)
         self.xpos, self.xmat = t(d.xpos), t(d.xmat)
@@ -173,7 +175,7 @@ class OneLegWarpVectorEnv:
         (and fills `latest` with their first observations)."""
         import torch
 
-        t0 = time.perf_counter()
+        t0, rendered = time.perf_counter(), self.timings["render"]
         infos, states, obs_rows, starts, ee = [], [], [], [], []
         for i, seed in zip(rows, seeds):
             episode_seed = self._next_seed(int(i), seed)
@@ -198,7 +200,7 @@ class OneLegWarpVectorEnv:
         self.seeds[idx] = torch.as_tensor([int(inf["episode_seed"]) for inf in infos], device=self.torch_device)
         self.returns[idx] = 0.0
         self.lengths[idx] = 0
-        self.timings["reset"] += time.perf_counter() - t0
+        self.timings["reset"] += time.perf_counter() - t0 - (self.timings["render"] - rendered)
         return infos
 
     def set_sim_states(self, rows: Sequence[int], states: Sequence[Mapping[str, np.ndarray]],

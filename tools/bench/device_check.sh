@@ -36,6 +36,7 @@ prepare() {
 from sim.backends.mujoco_one_leg import OneLegMujocoEnv as E; from sim.config import EnvConfig as C
 E(C()).close(); E(C(obs_mode='pixel')).close()"
   tar -cf - -C .device payload | split -b 25M - .device/parts/payload.tar.
+  (cd .device/parts && sha256sum payload.tar.* > ../manifest.sha256) && cp .device/manifest.sha256 .device/parts/
   du -sh .device/payload .device/parts/*
   local parts=(.device/parts/payload.tar.*) last=$((${#parts[@]} - 1))
   echo "device calls, in quick succession:"
@@ -51,19 +52,23 @@ E(C()).close(); E(C(obs_mode='pixel')).close()"
 run() {
   : "${OUT:?set by the device tool}"
   mkdir -p /tmp/stage
-  cp .device/parts/payload.tar.* /tmp/stage/ 2>/dev/null || true
+  cp .device/parts/* /tmp/stage/ 2>/dev/null || true
   ls -la /tmp/stage
   if [ "${CHECK_PHASE:-measure}" = "stage" ]; then exit 0; fi
+  (cd /tmp/stage && sha256sum -c manifest.sha256) || { echo "payload parts missing or corrupt (a cold machine between calls?)"; exit 3; }
   cat /tmp/stage/payload.tar.* | tar -xf - -C /tmp
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site /tmp/payload/wheels/*.whl
   export PYTHONPATH="/tmp/site:$ROOT" PYTHONUNBUFFERED=1 MUJOCO_GL=egl PIXEL_DPPO_CACHE=/tmp/payload/cache
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
   python3 -c "import warp as wp; wp.init(); print(wp.get_cuda_device_count(), 'CUDA devices')"
-  set -o pipefail
-  # kernels compile on the first step of each configuration (cached under ~/.cache/warp)
-  timeout 360 python3 tools/bench/sim_throughput.py --backends mujoco mujoco_warp --envs 16 --workers 16 \
-    --warp-worlds 256 1024 4096 --modes state pixel --steps 50 --no-robosuite \
-    --out "$OUT/sim_throughput_gpu.json" 2>&1 | tee "$OUT/sim_throughput.log" || echo "sim bench failed or timed out"
+  # kernels compile on the first step of each configuration (cached under ~/.cache/warp); the
+  # warp rows first and in their own process, so an EGL failure of the CPU pixel rows costs nothing
+  timeout 300 python3 tools/bench/sim_throughput.py --backends mujoco_warp --warp-worlds 256 1024 4096 \
+    --modes state pixel --steps 50 --no-robosuite --out "$OUT/sim_throughput_gpu.json" 2>&1 \
+    | tee "$OUT/sim_throughput.log" || echo "warp bench failed or timed out"
+  timeout 60 python3 tools/bench/sim_throughput.py --backends mujoco --envs 16 --workers 16 --modes state pixel \
+    --steps 50 --no-robosuite --out "$OUT/sim_throughput_cpu.json" 2>&1 | tee "$OUT/sim_throughput_cpu.log" \
+    || echo "CPU bench failed or timed out"
   timeout 180 python3 tools/bench/finetune.py --sim mujoco_warp --device cuda --modes state --envs 1000 \
     --steps 88 --iterations 2 --out "$OUT/finetune_gpu.json" 2>&1 | tee "$OUT/finetune.log" \
     || echo "finetune bench failed or timed out (see log)"

@@ -192,13 +192,15 @@ def _add_top(worldbody: ET.Element, asset: ET.Element, opts: SceneOptions) -> No
             # the hole's walls (plain bore, then threaded section) belong to its follower
             k += 1
     # Thread followers: carried by the top, slide + hinge along the hole axis. At rest (thread
-    # not engaged) a lock holds each at the engagement height, where its stop carries the leg's
-    # stop plate and its guide ring centres the peg: the frame of follower h at slide s is the
-    # frame a leg screwed to depth s in hole h has, so the follower's geoms are placed as the
-    # leg's. Engaged, the leg is welded to the follower and both descend along the helix
-    # together: nothing of the thread collides with anything that moves relative to it, and the
-    # peg, which the welded thread holds centred, touches no wall (as when the thread was a
-    # collision switch: a peg rubbing the bore while screwing is friction the real thread lacks).
+    # not engaged) a lock holds each STOP_CLEARANCE above the engagement height, where its stop
+    # carries the leg's stop plate at the engagement height and its guide and bore rings centre
+    # the peg: the frame of follower h at slide s is the frame a leg screwed to depth s in hole h
+    # has, and its geoms sit STOP_CLEARANCE lower than the leg's (engaging moves the follower to
+    # the leg's depth, dropping them clear). Engaged, the leg is welded to the follower and both
+    # descend along the helix together: nothing of the thread collides with anything that moves
+    # relative to it, and the peg, which the welded thread holds centred, touches no wall (as
+    # when the thread was a collision switch: a peg rubbing the bore while screwing is friction
+    # the real thread lacks).
     # The stop's friction is the parts' (a default-friction stop resisted the policies' twisting
     # strokes six times harder than the tabletop the stop plate used to rest on).
     rest_y = G.SEATED_Y + G.LOCK_HEIGHT  # follower origin at rest, top frame
