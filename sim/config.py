@@ -33,6 +33,7 @@ class WarpConfig:
     device: str = "auto"  # "auto" (first CUDA device, else cpu) | "cuda:0" | "cpu"
     nconmax: int = 64  # contacts allocated per world (one_leg uses ~10-20)
     njmax: int = 256  # constraint rows per world (one_leg uses ~60-120)
+    cuda_graphs: bool = True  # on CUDA, capture the substep loop once and replay it (no effect on CPU)
 
 
 @dataclass

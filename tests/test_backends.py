@@ -40,8 +40,10 @@ def test_hydra_config_maps_onto_env_config():
     assert set(BACKENDS) == {"mujoco", "mujoco_warp", "isaacgym"}
     for backend in ("mujoco_warp", "isaacgym"):
         assert compose_cfg([f"sim={backend}"]).sim.backend == backend
-    warp = env_config_from_hydra(compose_cfg(["sim=mujoco_warp", "sim.warp.nconmax=99", "sim.warp.device=cpu"]))
+    warp = env_config_from_hydra(compose_cfg(["sim=mujoco_warp", "sim.warp.nconmax=99", "sim.warp.device=cpu",
+                                              "sim.warp.cuda_graphs=false"]))
     assert warp.warp.nconmax == 99 and warp.warp.device == "cpu" and warp.warp.njmax == 256
+    assert warp.warp.cuda_graphs is False
 
 
 def test_unknown_config_keys_are_rejected():

@@ -161,6 +161,8 @@ class OneLegWarpVectorEnv:
         self.timings = {"physics": 0.0, "ik": 0.0, "reset": 0.0, "thread": 0.0, "task": 0.0, "render": 0.0}
         self._needs_reset = True
         self._closed = False
+        # CUDA graphs of the substep loop, by step count (None: plain launches, as on CPU)
+        self._graphs = {} if wcfg.cuda_graphs and self.device.startswith("cuda") else None
 
     # --- resets (host) ---------------------------------------------------------------------
     def _next_seed(self, i: int, seed: int | None) -> int:
@@ -357,8 +359,7 @@ class OneLegWarpVectorEnv:
             alpha = (s + 1) / n_slices
             self.ctrl[rows, :7] = (q_start + alpha * (q_goal - q_start)).to(self.ctrl.dtype)
             nstep = per if s < n_slices - 1 else self.cfg.substeps - per * (n_slices - 1)
-            for _ in range(nstep):
-                self._mjw.step(self.m, self.d)
+            self._substeps(nstep)
         if saved is not None:
             for f, value in saved.items():
                 self._views[f][idle] = value
@@ -369,6 +370,23 @@ class OneLegWarpVectorEnv:
                 f"mujoco-warp's contact/constraint buffers overflowed in worlds {worlds[:8]} (bitmask "
                 f"{int(overflow.max())}: mjw.OverflowType); raise sim.warp.nconmax (now {self.cfg.warp.nconmax}) "
                 f"and sim.warp.njmax (now {self.cfg.warp.njmax})")
+
+    def _substeps(self, nstep: int) -> None:
+        """`nstep` mujoco-warp steps of every world. On a CUDA device (`sim.warp.cuda_graphs`)
+        they are captured once per nstep as a CUDA graph and replayed: one launch instead of
+        hundreds of kernel launches per slice (the buffers are fixed, so new controls and states
+        written into them are what a replay reads)."""
+        if self._graphs is None:
+            for _ in range(nstep):
+                self._mjw.step(self.m, self.d)
+            return
+        graph = self._graphs.get(nstep)
+        if graph is None:
+            with self._wp.ScopedDevice(self.device), self._wp.ScopedCapture() as capture:
+                for _ in range(nstep):
+                    self._mjw.step(self.m, self.d)
+            graph = self._graphs[nstep] = capture.graph
+        self._wp.capture_launch(graph)
 
     def _refresh_poses(self, worlds) -> None:
         """Body and site poses from the current qpos for `worlds` only, as the CPU env's
