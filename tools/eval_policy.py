@@ -2,8 +2,10 @@
 
     python tools/eval_policy.py checkpoint=runs/pretrain/one_leg_state_mlp/last.pt episodes=50
 
-Prints the success rate and the milestone rates (how far episodes got), writes summary.json and
-videos to the Hydra run directory. The observation setup comes from the checkpoint, so a pixel
+Prints the success rate and the milestone rates (how far episodes got), writes summary.json,
+videos and the trial report (trials.jsonl, report.md, report.html: success with a Wilson 95 %
+interval, phases reached; `tools/trial_report.py`, the format hardware evaluations write too)
+to the Hydra run directory. The observation setup comes from the checkpoint, so a pixel
 policy is rolled out with its cameras and image size without further flags. Episode k runs on
 seed `seed + k` with its own denoising noise: the figures do not depend on env.n_envs.
 """
@@ -19,6 +21,8 @@ from omegaconf import DictConfig
 
 import policy as policy_pkg
 from sim.evaluate import env_config_for, evaluate, make_evaluator
+from sim.rollout import RolloutResult
+from tools.trial_report import Trial, write_report
 
 log = logging.getLogger("eval_policy")
 
@@ -35,7 +39,24 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
                "obs": cfg.obs.mode, "seed": int(cfg.seed), "ddim_steps": int(cfg.ddim_steps), **res.summary(),
                "videos": sorted(str(p) for p in out_dir.glob("*.mp4"))}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if cfg.report:
+        trials = sim_trials(res, str(cfg.checkpoint), float(cfg.sim.control_hz))
+        phases = list(res.episodes[0].milestones) if res.episodes else []
+        write_report(trials, out_dir, title=f"{cfg.task.name} ({cfg.task.randomness}, obs={cfg.obs.mode}): simulation",
+                     phase_order=["none", *phases],
+                     notes=f"seeds {int(cfg.seed)}-{int(cfg.seed) + episodes - 1}, DDIM {int(cfg.ddim_steps)}, eta 0")
     return summary
+
+
+def sim_trials(res: RolloutResult, checkpoint: str, control_hz: float) -> list[Trial]:
+    """One trial record per simulated episode: its furthest milestone, simulated duration."""
+    out = []
+    for i, e in enumerate(res.episodes):
+        reached = [m for m, hit in e.milestones.items() if hit]
+        out.append(Trial(checkpoint=checkpoint, index=i, outcome="success" if e.success else "failure", source="sim",
+                         phase=reached[-1] if reached else None, seed=e.seed, steps=e.length,
+                         duration_s=e.length / control_hz, extra={"diverged": e.diverged} if e.diverged else {}))
+    return out
 
 
 @hydra.main(config_path="../configs", config_name="eval_policy", version_base="1.3")
