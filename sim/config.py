@@ -16,6 +16,7 @@ class RenderConfig:
     low_poly: bool = True  # decimated part meshes, robot drawn with its collision meshes
     top_visual_faces: int = 1500
     leg_visual_faces: int = 800
+    calibration: str | None = None  # a data.calibration file: cameras placed (and fovy set) as the cell's
 
 
 @dataclass

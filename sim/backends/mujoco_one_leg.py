@@ -102,6 +102,8 @@ class OneLegMujocoEnv(gym.Env):
         self.ik = DifferentialIK(m, S.ARM_JOINTS, S.EE_SITE, REST_Q, cfg.ik, seeds=IK_SEEDS)
         self.thread = ThreadModel(m, self.data, cfg.thread)
         self.home_q = self._solve_home()
+        if rc.calibration:
+            self._apply_calibration(rc.calibration)
         self.obs_schema = ObsSchema(
             cameras=tuple(rc.cameras) if cfg.obs_mode == "pixel" else (),
             image_hw=tuple(rc.image_hw),
@@ -130,6 +132,44 @@ class OneLegMujocoEnv(gym.Env):
         self.timings = {"physics": 0.0, "ik": 0.0, "render": 0.0, "thread": 0.0}
 
     # --- setup -------------------------------------------------------------------------
+    def _apply_calibration(self, path: str) -> None:
+        """Place the model's cameras where a `data.calibration` file says the cell's stand: a
+        base-mounted camera in the robot base frame, a wrist camera relative to the EE frame of
+        the observations; the field of view of the region the policy sees (the centred crop to
+        `image_hw`). Visual randomisation's camera jitter then varies around these poses."""
+        from data.calibration import load_calibration, mujoco_camera_rotation
+        from data.image import centred_crop
+        from data.rotation import matrix_to_quat
+
+        m, d = self.model, self.data
+        cals = load_calibration(path)
+        unknown = sorted(set(cals) - set(S.CAMERAS))
+        if unknown:
+            raise ValueError(f"{path}: cameras {unknown} are not in the model (it has {list(S.CAMERAS)})")
+        d.qpos[self.arm_qadr] = self.home_q
+        mujoco.mj_kinematics(m, d)
+        for name, cal in cals.items():
+            c = m.camera(name).id
+            body = m.cam_bodyid[c]
+            if cal.parent == "base":
+                world = np.eye(4)
+                world[:3, 3] = self.base_pos
+            else:  # the EE frame (the observation's), wherever the arm is: the camera rides on the hand
+                world = np.eye(4)
+                world[:3, :3] = d.site_xmat[self.ee_site].reshape(3, 3)
+                world[:3, 3] = d.site_xpos[self.ee_site]
+            cam_world = world @ cal.transform
+            r_body, p_body = d.xmat[body].reshape(3, 3), d.xpos[body]
+            m.cam_pos[c] = r_body.T @ (cam_world[:3, 3] - p_body)
+            m.cam_quat[c] = matrix_to_quat(r_body.T @ mujoco_camera_rotation(cam_world))
+            crop = centred_crop((cal.image_wh[1], cal.image_wh[0]), self.cfg.render.image_hw)
+            m.cam_fovy[c] = cal.fovy_deg(crop)
+            off = cal.principal_offset_px(crop)
+            if max(abs(off[0]), abs(off[1])) > 0.02 * crop[3]:
+                log.warning("camera '%s': its principal point lies (%.1f, %.1f) px from the crop's centre, which "
+                            "a simulated camera cannot copy", name, *off)
+        mujoco.mj_forward(m, d)
+
     def _solve_home(self) -> np.ndarray:
         q, err = self.ik.solve(HOME_POS_BASE + self.base_pos, HAND_DOWN_ROT, REST_Q)
         for _ in range(5):
