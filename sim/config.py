@@ -28,6 +28,34 @@ class VisualRandomization:
 
 
 @dataclass
+class PhysicsRandomization:
+    """Per-episode physics and interface randomisation for transfer (all off by default). Drawn
+    from the episode's generator after the reset and visual draws, so a seed fixes them too."""
+
+    part_mass_scale: float = 0.0  # +- fraction on the tabletop's and leg's mass and inertia
+    part_friction_scale: float = 0.0  # +- fraction on the parts' sliding friction
+    reset_push_force: float = 0.0  # N: a random push on each part while the reset settles (the fork's 0.2)
+    reset_push_torque: float = 0.0  # N m (the fork's 0.007)
+    top_push_scale: float = 25.0  # the tabletop's push multiplier (the fork's one_leg: 25, the leg's 1)
+    action_noise_pos: float = 0.0  # m: Gaussian noise on each executed action's position target
+    action_noise_rot_deg: float = 0.0  # deg: Gaussian rotation-vector noise on its orientation target
+    obs_latency_steps: int = 0  # observations arrive this many control steps late
+
+    def __post_init__(self) -> None:
+        if min(self.part_mass_scale, self.part_friction_scale, self.reset_push_force, self.reset_push_torque,
+               self.action_noise_pos, self.action_noise_rot_deg, self.obs_latency_steps) < 0:
+            raise ValueError("physics_randomization values must be >= 0")
+        if max(self.part_mass_scale, self.part_friction_scale) >= 1:
+            raise ValueError("part_mass_scale and part_friction_scale must be < 1 (a fraction of the nominal)")
+
+    @property
+    def model_fields(self) -> tuple[str, ...]:
+        """The model fields it changes per episode (a batched backend keeps them per world)."""
+        return (("body_mass", "body_inertia") if self.part_mass_scale > 0 else ()) + \
+            (("geom_friction",) if self.part_friction_scale > 0 else ())
+
+
+@dataclass
 class WarpConfig:
     """sim.backend=mujoco_warp only: where the worlds live and how big their buffers are."""
 
@@ -71,6 +99,7 @@ class EnvConfig:
     start_state_max_steps: int | None = None  # time limit of episodes from a start state (None: max_episode_steps)
     render: RenderConfig = field(default_factory=RenderConfig)
     visual_randomization: VisualRandomization = field(default_factory=VisualRandomization)
+    physics_randomization: PhysicsRandomization = field(default_factory=PhysicsRandomization)
     ik: IKConfig = field(default_factory=IKConfig)
     thread: ThreadConfig = field(default_factory=ThreadConfig)
     success: SuccessConfig = field(default_factory=SuccessConfig)

@@ -113,6 +113,7 @@ def env_config_from_hydra(cfg: Mapping[str, Any]) -> EnvConfig:
         "interp_chunks": sim["interp_chunks"],
         "ik": dict(sim["ik"]),
         "visual_randomization": dict(sim["visual_randomization"]),
+        "physics_randomization": dict(sim.get("physics_randomization") or {}),
         "warp": dict(sim.get("warp") or {}),
         "isaacgym": dict(sim.get("isaacgym") or {}),
         "render": {**dict(sim["render"]), "cameras": list(obs["cameras"]), "image_hw": list(obs["image_hw"])},

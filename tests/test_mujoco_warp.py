@@ -284,7 +284,7 @@ def test_warp_visual_randomisation_is_per_world_and_the_cpu_backends():
             mean, outliers = _image_error(front[i], o1["rgb/front"][i, -1])
             assert mean < IMAGE_MEAN_TOL and outliers < IMAGE_OUTLIER_TOL, (i, mean, outliers)
         assert _image_error(front[0], front[1])[0] > 5 * IMAGE_MEAN_TOL
-        rgba = warp._visuals["geom_rgba"]
+        rgba = warp._per_world["geom_rgba"]
         assert not torch.equal(rgba[0], rgba[1])
 
 
@@ -319,3 +319,24 @@ def test_dppo_fine_tunes_on_the_warp_backend(tmp_path, obs):
     tuned, base = load_policy(tmp_path / "last.pt"), load_policy(f"checkpoints/one_leg_{obs}_bc.pt")
     assert tuned.obs_keys == base.obs_keys
     assert any(not torch.equal(v, base.state_dict()[k]) for k, v in tuned.state_dict().items())
+
+
+def test_warp_worlds_keep_their_own_physics_randomisation():
+    """Part mass and friction draws live in per-world model rows, written from each world's host
+    reset: world i has CPU env i's draws for the same seed, and the two worlds differ."""
+    from sim.config import PhysicsRandomization
+
+    cfg = EnvConfig(randomness="low", physics_randomization=PhysicsRandomization(part_mass_scale=0.2,
+                                                                                 part_friction_scale=0.3))
+    cpu, warp = _pair(cfg)
+    with cpu, warp:
+        cpu.reset(seed=8)
+        warp.reset(seed=8)
+        leg = warp.leg_id
+        for i in range(2):
+            ref = OneLegMujocoEnv(cfg, render_mode=None)
+            ref.reset(seed=8 + i)
+            np.testing.assert_allclose(warp._per_world["body_mass"][i].numpy(), ref.model.body_mass, rtol=1e-6)
+            np.testing.assert_allclose(warp._per_world["geom_friction"][i].numpy(), ref.model.geom_friction, rtol=1e-6)
+            ref.close()
+        assert float(warp._per_world["body_mass"][0, leg]) != float(warp._per_world["body_mass"][1, leg])

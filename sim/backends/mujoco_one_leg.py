@@ -45,6 +45,11 @@ PHYSICS_FIELDS = tuple(f for f in ("time", "qpos", "qvel", "act", "qacc_warmstar
                                    "plugin_state", "history") if hasattr(mujoco.MjData, f))
 
 
+def _random_unit(rng: np.random.Generator) -> np.ndarray:
+    v = rng.normal(size=3)
+    return v / max(np.linalg.norm(v), 1e-12)
+
+
 def observation_space_for(schema: ObsSchema) -> gym.spaces.Dict:
     """One env's observation space for a schema (every backend's)."""
     spaces = {}
@@ -120,6 +125,8 @@ class OneLegMujocoEnv(gym.Env):
         self._renderer = None
         self._video_renderer = None
         self._nominal_vis = None
+        self._nominal_phys = None
+        self._delayed: list[dict[str, np.ndarray]] = []
         self._seed_stream = np.random.default_rng()
         self._rng = np.random.default_rng()
         self.episode_seed = -1
@@ -241,7 +248,10 @@ class OneLegMujocoEnv(gym.Env):
         self.set_part_pose("top", sample.top_pos, sample.top_rot)
         self.set_part_pose("leg", sample.leg_pos, sample.leg_rot)
         self._randomize_visuals()
+        push = self._randomize_physics()
+        self.data.xfrc_applied[:] = push
         mujoco.mj_step(self.model, self.data, nstep=self.substeps)  # let contacts settle
+        self.data.xfrc_applied[:] = 0.0
         mujoco.mj_forward(self.model, self.data)
         self._warning_counts = tuple(int(self.data.warning[w].number) for w in _INSTABILITY_WARNINGS)
         self.steps = 0
@@ -250,7 +260,44 @@ class OneLegMujocoEnv(gym.Env):
         if self.cfg.start_states is not None:
             self._reset_from_start_states()
         obs = self._observe()
-        return obs, self._info(success=False)
+        self._delayed = [obs] * self.cfg.physics_randomization.obs_latency_steps
+        return self._delay(obs), self._info(success=False)
+
+    def _delay(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """With obs_latency_steps = k, the observation of k control steps ago."""
+        if not self._delayed:
+            return obs
+        self._delayed.append(obs)
+        return self._delayed.pop(0)
+
+    def _randomize_physics(self) -> np.ndarray:
+        """This episode's part masses and frictions (from the nominal model) and the reset push
+        (nbody, 6) to apply while the reset settles; draws nothing when all is off."""
+        pr = self.cfg.physics_randomization
+        m = self.model
+        if self._nominal_phys is None:
+            self._nominal_phys = {f: getattr(m, f).copy() for f in ("body_mass", "body_inertia", "geom_friction")}
+        nom = self._nominal_phys
+        for f, v in nom.items():
+            getattr(m, f)[:] = v
+        push = np.zeros((m.nbody, 6))
+        rng = self._rng
+        parts = (self.top_id, self.leg_id)
+        if pr.part_mass_scale > 0:
+            for b in parts:
+                k = 1.0 + rng.uniform(-pr.part_mass_scale, pr.part_mass_scale)
+                m.body_mass[b] = nom["body_mass"][b] * k
+                m.body_inertia[b] = nom["body_inertia"][b] * k
+        if pr.part_friction_scale > 0:
+            for b in parts:
+                geoms = np.flatnonzero(m.geom_bodyid == b)
+                m.geom_friction[geoms, 0] = nom["geom_friction"][geoms, 0] * (
+                    1.0 + rng.uniform(-pr.part_friction_scale, pr.part_friction_scale))
+        if pr.reset_push_force > 0 or pr.reset_push_torque > 0:
+            for b, scale in zip(parts, (pr.top_push_scale, 1.0)):
+                push[b, :3] = _random_unit(rng) * pr.reset_push_force * scale
+                push[b, 3:] = _random_unit(rng) * pr.reset_push_torque * scale
+        return push
 
     def _reset_from_start_states(self) -> None:
         """With probability start_state_prob continue a recorded state instead (both draws from
@@ -312,6 +359,9 @@ class OneLegMujocoEnv(gym.Env):
         if action.shape != (10,):
             raise ValueError(f"action must have shape (10,), got {action.shape}")
         t0 = time.perf_counter()
+        pr = self.cfg.physics_randomization
+        if pr.action_noise_pos > 0 or pr.action_noise_rot_deg > 0:
+            action = self._noisy(action, pr)
         pos_w, rot_w, width = self._clip_action(action)
         q_goal, ik_err = self.ik.solve(pos_w, rot_w, self._q_target)
         t1 = time.perf_counter()
@@ -347,7 +397,7 @@ class OneLegMujocoEnv(gym.Env):
         info = self._info(success)
         info["ik_error"] = ik_err
         info["part_lost"] = lost
-        return obs, reward, terminated, truncated, info
+        return self._delay(obs), reward, terminated, truncated, info
 
     def _check_divergence(self) -> None:
         """Raise FloatingPointError when the simulation blew up in this step: NaN/Inf state,
@@ -366,6 +416,17 @@ class OneLegMujocoEnv(gym.Env):
         if vmax > self.cfg.max_joint_velocity:
             raise FloatingPointError(f"simulation diverged: |qvel| reached {vmax:.3g} "
                                      f"(> env.max_joint_velocity {self.cfg.max_joint_velocity})")
+
+    def _noisy(self, action: np.ndarray, pr) -> np.ndarray:
+        """The action as executed under action noise (position, then orientation; not the gripper)."""
+        from data.rotation import matrix_to_rot6d, rot6d_to_matrix, rotvec_to_matrix
+
+        out = action.copy()
+        out[:3] += self._rng.normal(0.0, pr.action_noise_pos, 3)
+        if pr.action_noise_rot_deg > 0:
+            turn = rotvec_to_matrix(self._rng.normal(0.0, np.radians(pr.action_noise_rot_deg), 3))
+            out[3:9] = matrix_to_rot6d(turn @ rot6d_to_matrix(action[3:9]))
+        return out
 
     def _clip_action(self, action: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         ee_b = self.data.site_xpos[self.ee_site] - self.base_pos

@@ -102,15 +102,21 @@ class OneLegWarpVectorEnv:
         self.obs_schema = self.host.obs_schema
         self.action_schema = ActionSchema(control_hz=cfg.control_hz)
         n = self.num_envs
-        # per-world model rows: the thread's equalities, and with cameras each episode's visuals
-        batched = ("eq_data", *(VISUAL_FIELDS if pixels else ()))
+        pr = cfg.physics_randomization
+        if pr.action_noise_pos > 0 or pr.action_noise_rot_deg > 0 or pr.obs_latency_steps > 0:
+            raise NotImplementedError("sim.backend=mujoco_warp does not implement action noise or observation latency "
+                                      "(sim.physics_randomization.action_noise_*, obs_latency_steps): use sim.backend=mujoco")
+        # per-world model rows: the thread's equalities, with cameras each episode's visuals, and
+        # the physics fields a randomisation changes (written from each world's host reset)
+        randomised = (*(VISUAL_FIELDS if pixels else ()), *pr.model_fields)
+        batched = ("eq_data", *randomised)
         with wp.ScopedDevice(self.device):
             self.m = mjw.put_model(mjm, batch_sizes={f: n for f in batched})
             self.d = mjw.make_data(mjm, nworld=n, nconmax=wcfg.nconmax, njmax=wcfg.njmax)
         self._wp, self._mjw = wp, mjw
         t = lambda a: wp.to_torch(a)  # noqa: E731  zero-copy views
         d = self.d
-        self._visuals = {f: t(getattr(self.m, f)) for f in VISUAL_FIELDS} if pixels else {}
+        self._per_world = {f: t(getattr(self.m, f)) for f in randomised}  # each world's episode draws
         self.cameras = None
         self._pose_views = [t(getattr(d, f)) for f in ("xpos", "xmat", "site_xpos", "site_xmat")]
         if pixels:
@@ -182,7 +188,7 @@ class OneLegWarpVectorEnv:
         for i, seed in zip(rows, seeds):
             episode_seed = self._next_seed(int(i), seed)
             obs, info = self.host.reset(seed=episode_seed)
-            for f, view in self._visuals.items():  # this episode's visual randomisation
+            for f, view in self._per_world.items():  # this episode's randomised model rows
                 view[int(i)] = torch.as_tensor(getattr(self.host.model, f), device=self.torch_device)
             states.append(self.host.get_sim_state())
             starts.append(self.host.start_state)
