@@ -18,6 +18,7 @@ overrides (unknown keys are errors naming them); the flags set the common ones.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime as _dt
 import json
@@ -371,44 +372,56 @@ def rehearsal_outcome(s: dict[str, Any]) -> str:
     return f"{'success' if s['success'] else 'failure'} ({reason} after {s['steps']} steps; milestones {reached})"
 
 
-def rehearse(cfg: DeployConfig, rcfg: RehearsalConfig, pi) -> list[dict[str, Any]]:
-    """`--rehearse`: franky-sim as the arm, the simulator as the world, the unchanged deploy stack."""
+@contextlib.contextmanager
+def rehearsal_session(cfg: DeployConfig, rcfg: RehearsalConfig, camera_names, image_hw):
+    """franky-sim started, the robot connected to it, the simulator world around it: (robot, world)."""
     from real.franky_sim import FrankySim
 
-    cameras = [k[len("rgb/"):] for k in pi.obs_keys if k.startswith("rgb/")]
-    out_dir = resolve_out_dir(cfg)
     with FrankySim(rcfg.host) as sim:
         rcfg_robot = dataclasses.replace(cfg.robot, host=sim.host, tcp_offset=list(SIM_TCP_OFFSET[0]),
                                          tcp_rot_z_deg=SIM_TCP_OFFSET[1], base_offset=[0.0, 0.0, rcfg.franky_z_offset])
         with FrankaRobot(rcfg_robot) as robot:
-            reh = Rehearsal(rcfg, robot, cameras, cfg.controller.control_hz)
-            reh.with_policy_images(getattr(pi, "image_hw", (96, 96)))
+            reh = Rehearsal(rcfg, robot, list(camera_names), cfg.controller.control_hz)
+            reh.with_policy_images(image_hw)
             if reh.cameras is not None:
                 reh.cameras.start(first_frame_timeout_s=None)
-            summaries = []
             try:
-                for ep in range(cfg.episodes):
-                    reh.start_episode(ep)
-                    one = dataclasses.replace(cfg, episodes=1, home_before_episode=False, wait_for_operator=False,
-                                              out_dir=out_dir)
-
-                    def describe(ep=ep):
-                        return {"seed": rcfg.seed + ep, "milestones": reh.world.milestones, "sim_steps": reh.world.steps,
-                                "part_lost": reh.world.part_lost}
-
-                    try:
-                        s = run(one, pi, robot, reh.cameras, extra_obs=reh.extra_obs, done=reh.done,
-                                judge=lambda: reh.world.success, source="policy", first_episode=ep,
-                                describe=describe)[0]
-                    finally:
-                        reh.end_episode()
-                    summaries.append(s)
-                    log.info("rehearsal episode %d (seed %d): %s", ep, s["seed"], rehearsal_outcome(s))
+                yield robot, reh
             finally:
                 if reh.cameras is not None:
                     reh.cameras.stop()
                 reh.close()
-    return summaries
+
+
+def rehearse_episode(cfg: DeployConfig, rcfg: RehearsalConfig, pi, robot: FrankaRobot, reh: "Rehearsal", ep: int,
+                     out_dir: str, judge=None) -> dict[str, Any]:
+    """One rehearsal episode on the simulator's reset of seed rcfg.seed + ep; `judge` (default: the
+    simulator's success) says how it went."""
+    reh.start_episode(ep)
+    one = dataclasses.replace(cfg, episodes=1, home_before_episode=False, wait_for_operator=False, out_dir=out_dir)
+
+    def describe():
+        return {"seed": rcfg.seed + ep, "milestones": reh.world.milestones, "sim_steps": reh.world.steps,
+                "part_lost": reh.world.part_lost}
+
+    try:
+        s = run(one, pi, robot, reh.cameras, extra_obs=reh.extra_obs, done=reh.done,
+                judge=judge or (lambda: reh.world.success), source="policy", first_episode=ep, describe=describe)[0]
+    finally:
+        reh.end_episode()
+    log.info("rehearsal episode %d (seed %d): %s", ep, s["seed"], rehearsal_outcome(s))
+    return s
+
+
+def policy_cameras(pi) -> list[str]:
+    return [k[len("rgb/"):] for k in pi.obs_keys if k.startswith("rgb/")]
+
+
+def rehearse(cfg: DeployConfig, rcfg: RehearsalConfig, pi) -> list[dict[str, Any]]:
+    """`--rehearse`: franky-sim as the arm, the simulator as the world, the unchanged deploy stack."""
+    out_dir = resolve_out_dir(cfg)
+    with rehearsal_session(cfg, rcfg, policy_cameras(pi), getattr(pi, "image_hw", (96, 96))) as (robot, reh):
+        return [rehearse_episode(cfg, rcfg, pi, robot, reh, ep, out_dir) for ep in range(cfg.episodes)]
 
 
 def main(argv: list[str] | None = None) -> int:
