@@ -128,5 +128,5 @@ def test_sim_from_mapping_is_the_same_loader():
                                        "workspace_low": [0, 0, 0]})
     assert env.render.cameras == ("wrist",) and env.render.image_hw == (32, 32)
     assert env.workspace_low == (0.0, 0.0, 0.0) and isinstance(env.workspace_low[0], float)
-    with pytest.raises(KeyError, match=r"unknown key 'render\.camera' for RenderConfig; known: cameras"):
+    with pytest.raises(KeyError, match=r"unknown key 'render\.camera' for RenderConfig; known: calibration, cameras"):
         sim_from_mapping(EnvConfig, {"render": {"camera": ["wrist"]}})
