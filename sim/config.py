@@ -40,10 +40,15 @@ class PhysicsRandomization:
     action_noise_pos: float = 0.0  # m: Gaussian noise on each executed action's position target
     action_noise_rot_deg: float = 0.0  # deg: Gaussian rotation-vector noise on its orientation target
     obs_latency_steps: int = 0  # observations arrive this many control steps late
+    # the part poses of the `parts` observation as a tag-based estimator would report them (issue 16):
+    parts_noise_pos: float = 0.0  # m: Gaussian noise on each part position, per step
+    parts_noise_rot_deg: float = 0.0  # deg: Gaussian rotation-vector noise on each part orientation
+    parts_latency_steps: int = 0  # part poses this many control steps late (on top of obs_latency_steps)
 
     def __post_init__(self) -> None:
         if min(self.part_mass_scale, self.part_friction_scale, self.reset_push_force, self.reset_push_torque,
-               self.action_noise_pos, self.action_noise_rot_deg, self.obs_latency_steps) < 0:
+               self.action_noise_pos, self.action_noise_rot_deg, self.obs_latency_steps, self.parts_noise_pos,
+               self.parts_noise_rot_deg, self.parts_latency_steps) < 0:
             raise ValueError("physics_randomization values must be >= 0")
         if max(self.part_mass_scale, self.part_friction_scale) >= 1:
             raise ValueError("part_mass_scale and part_friction_scale must be < 1 (a fraction of the nominal)")

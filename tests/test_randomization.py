@@ -91,3 +91,28 @@ def test_the_sim2real_preset_sets_both_randomisations():
     assert cfg.visual_randomization.lighting and cfg.visual_randomization.camera_jitter_deg == 2.0
     assert cfg.physics_randomization.reset_push_force == 0.2 and cfg.physics_randomization.obs_latency_steps == 1
     assert env_config_from_hydra(compose_config("finetune", [])).physics_randomization == PhysicsRandomization()
+
+
+def test_part_poses_arrive_noisy_and_late_as_an_estimator_would_give_them():
+    """parts_noise_* perturb only the parts observation (positions ~sigma, rotations still
+    rotations); parts_latency_steps delays it while the robot state stays current."""
+    from data.rotation import rot6d_to_matrix
+
+    plain, noisy, late = _env(), _env(parts_noise_pos=0.003, parts_noise_rot_deg=2.0), _env(parts_latency_steps=1)
+    obs = [e.reset(seed=6)[0] for e in (plain, noisy, late)]
+    history = [obs[0]["parts"]]
+    offsets = []
+    for _ in range(6):
+        a = hold_action(obs[0])
+        obs = [e.step(a)[0] for e in (plain, noisy, late)]
+        history.append(obs[0]["parts"])
+        np.testing.assert_array_equal(obs[1]["state"], obs[0]["state"])
+        offsets.append(obs[1]["parts"][[0, 1, 2, 9, 10, 11]] - obs[0]["parts"][[0, 1, 2, 9, 10, 11]])
+        for i in (0, 9):
+            r = rot6d_to_matrix(obs[1]["parts"][i + 3:i + 9].astype(np.float64))
+            assert np.degrees(np.arccos(np.clip((np.trace(r.T @ rot6d_to_matrix(
+                obs[0]["parts"][i + 3:i + 9].astype(np.float64))) - 1) / 2, -1, 1))) < 12
+        np.testing.assert_array_equal(obs[2]["state"], obs[0]["state"])
+        np.testing.assert_array_equal(obs[2]["parts"], history[-2])
+    std = float(np.std(np.concatenate(offsets)))
+    assert 0.0015 < std < 0.006, std  # sigma 3 mm

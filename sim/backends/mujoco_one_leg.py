@@ -127,6 +127,7 @@ class OneLegMujocoEnv(gym.Env):
         self._nominal_vis = None
         self._nominal_phys = None
         self._delayed: list[dict[str, np.ndarray]] = []
+        self._parts_delayed: list[np.ndarray] = []
         self._seed_stream = np.random.default_rng()
         self._rng = np.random.default_rng()
         self.episode_seed = -1
@@ -259,9 +260,35 @@ class OneLegMujocoEnv(gym.Env):
         self.start_state = -1
         if self.cfg.start_states is not None:
             self._reset_from_start_states()
+        pr = self.cfg.physics_randomization
         obs = self._observe()
-        self._delayed = [obs] * self.cfg.physics_randomization.obs_latency_steps
+        self._parts_delayed = [obs["parts"]] * pr.parts_latency_steps if "parts" in obs else []
+        obs = self._perceive(obs)
+        self._delayed = [obs] * pr.obs_latency_steps
         return self._delay(obs), self._info(success=False)
+
+    def _perceive(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The `parts` observation as a pose estimator would give it: late and noisy when the
+        randomisation asks (drawn from the episode's generator; nothing drawn when off)."""
+        pr = self.cfg.physics_randomization
+        if "parts" not in obs or not (pr.parts_noise_pos > 0 or pr.parts_noise_rot_deg > 0 or self._parts_delayed):
+            return obs
+        parts = obs["parts"]
+        if self._parts_delayed:
+            self._parts_delayed.append(parts)
+            parts = self._parts_delayed.pop(0)
+        if pr.parts_noise_pos > 0 or pr.parts_noise_rot_deg > 0:
+            from data.rotation import matrix_to_rot6d, rot6d_to_matrix, rotvec_to_matrix
+
+            parts = parts.astype(np.float64)
+            for i in range(len(parts) // 9):
+                p = parts[9 * i:9 * i + 9]
+                p[:3] += self._rng.normal(0.0, pr.parts_noise_pos, 3)
+                if pr.parts_noise_rot_deg > 0:
+                    turn = rotvec_to_matrix(self._rng.normal(0.0, np.radians(pr.parts_noise_rot_deg), 3))
+                    p[3:9] = matrix_to_rot6d(turn @ rot6d_to_matrix(p[3:9]))
+            parts = parts.astype(np.float32)
+        return {**obs, "parts": parts}
 
     def _delay(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """With obs_latency_steps = k, the observation of k control steps ago."""
@@ -397,7 +424,7 @@ class OneLegMujocoEnv(gym.Env):
         info = self._info(success)
         info["ik_error"] = ik_err
         info["part_lost"] = lost
-        return self._delay(obs), reward, terminated, truncated, info
+        return self._delay(self._perceive(obs)), reward, terminated, truncated, info
 
     def _check_divergence(self) -> None:
         """Raise FloatingPointError when the simulation blew up in this step: NaN/Inf state,
