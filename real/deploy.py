@@ -417,6 +417,11 @@ def policy_cameras(pi) -> list[str]:
     return [k[len("rgb/"):] for k in pi.obs_keys if k.startswith("rgb/")]
 
 
+def keys_without_a_sensor(pi) -> list[str]:
+    """Observation keys the cell cannot measure yet (part poses: issue 16)."""
+    return [k for k in pi.obs_keys if k != "state" and not k.startswith("rgb/")]
+
+
 def rehearse(cfg: DeployConfig, rcfg: RehearsalConfig, pi) -> list[dict[str, Any]]:
     """`--rehearse`: franky-sim as the arm, the simulator as the world, the unchanged deploy stack."""
     out_dir = resolve_out_dir(cfg)
@@ -466,8 +471,8 @@ def main(argv: list[str] | None = None) -> int:
         n = len(summaries)
         print(f"rehearsal: {sum(bool(s['success']) for s in summaries)}/{n} successes (judged by the simulator)")
         return 0
-    if any(k not in ("state",) and not k.startswith("rgb/") for k in pi.obs_keys):
-        extra = [k for k in pi.obs_keys if k != "state" and not k.startswith("rgb/")]
+    extra = keys_without_a_sensor(pi)
+    if extra:
         print(f"{cfg.ckpt} reads {extra}, which only the simulator provides for now (part poses from AprilTags "
               f"are issue 16): use a pixel policy, or --rehearse", file=sys.stderr)
         return 2

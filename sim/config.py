@@ -54,6 +54,13 @@ class PhysicsRandomization:
             raise ValueError("part_mass_scale and part_friction_scale must be < 1 (a fraction of the nominal)")
 
     @property
+    def per_step_settings(self) -> list[str]:
+        """The settings in use that act on each step's actions and observations (not on the model)."""
+        names = ("action_noise_pos", "action_noise_rot_deg", "obs_latency_steps", "parts_noise_pos",
+                 "parts_noise_rot_deg", "parts_latency_steps")
+        return [n for n in names if getattr(self, n) > 0]
+
+    @property
     def model_fields(self) -> tuple[str, ...]:
         """The model fields it changes per episode (a batched backend keeps them per world)."""
         return (("body_mass", "body_inertia") if self.part_mass_scale > 0 else ()) + \

@@ -17,7 +17,6 @@ from __future__ import annotations
 from typing import Any
 
 import mujoco
-import numpy as np
 
 from sim.tasks.one_leg.scene import GROUP_PART_VIS, GROUP_ROBOT_COL, GROUP_ROBOT_VIS
 

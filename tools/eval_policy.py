@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 import policy as policy_pkg
 from sim.evaluate import env_config_for, evaluate, make_evaluator
 from sim.rollout import RolloutResult
-from tools.trial_report import Trial, write_report
+from tools.trial_report import Trial, furthest_phase, write_report
 
 log = logging.getLogger("eval_policy")
 
@@ -52,9 +52,8 @@ def sim_trials(res: RolloutResult, checkpoint: str, control_hz: float) -> list[T
     """One trial record per simulated episode: its furthest milestone, simulated duration."""
     out = []
     for i, e in enumerate(res.episodes):
-        reached = [m for m, hit in e.milestones.items() if hit]
         out.append(Trial(checkpoint=checkpoint, index=i, outcome="success" if e.success else "failure", source="sim",
-                         phase=reached[-1] if reached else None, seed=e.seed, steps=e.length,
+                         phase=furthest_phase(e.milestones), seed=e.seed, steps=e.length,
                          duration_s=e.length / control_hz, extra={"diverged": e.diverged} if e.diverged else {}))
     return out
 

@@ -24,7 +24,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -34,10 +33,10 @@ import numpy as np
 if __package__ in (None, ""):  # `python tools/evaluate_hardware.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tools.trial_report import Trial, load_trials, write_report  # noqa: E402
+from sim.tasks.one_leg.task import MILESTONES as PHASES  # noqa: E402
+from tools.trial_report import Trial, append_trial, furthest_phase, load_trials, write_report  # noqa: E402
 
 log = logging.getLogger("evaluate_hardware")
-PHASES = ("top_in_corner", "leg_lifted", "leg_upright", "thread_engaged", "success")
 
 
 @dataclasses.dataclass
@@ -85,14 +84,6 @@ def open_plan(out: Path, checkpoints: Sequence[str], trials: int, seed: int, bli
     plan = TrialPlan.draw(checkpoints, trials, seed, blind, randomise)
     plan.save(path)
     return plan
-
-
-def append_trial(path: Path, trial: Trial) -> None:
-    """One finished trial, on disk before the next begins (flushed and synced)."""
-    with open(path, "a") as f:
-        f.write(json.dumps(dataclasses.asdict(trial)) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def ask_outcome(operator: Callable[[str], str], label: str) -> tuple[str, str | None, str]:
@@ -147,10 +138,10 @@ def evaluate(args, operator: Callable[[str], str] = input) -> list[Trial]:
     first = policy_for(plan.checkpoints[0])
     new: list[Trial] = []
     if args.rehearse:
-        from real.deploy import rehearsal_session, rehearse_episode
+        from real.deploy import policy_cameras, rehearsal_session, rehearse_episode
 
         rcfg = dataclasses.replace(cfg.rehearsal, seed=args.sim_seed)
-        with rehearsal_session(cfg, rcfg, _cameras(first), getattr(first, "image_hw", (96, 96))) as (robot, reh):
+        with rehearsal_session(cfg, rcfg, policy_cameras(first), getattr(first, "image_hw", (96, 96))) as (robot, reh):
             for c, k in pending:
                 ckpt = plan.checkpoints[c]
                 operator(f"trial {len(finished) + len(new) + 1}/{len(plan.order)}: policy {plan.labels[c]}, "
@@ -159,18 +150,17 @@ def evaluate(args, operator: Callable[[str], str] = input) -> list[Trial]:
                 if args.operator_judges:
                     outcome, phase, note = ask_outcome(operator, plan.labels[c])
                 else:
-                    reached = [m for m, hit in s["milestones"].items() if hit]
-                    outcome, phase, note = ("success" if s["success"] else "failure"), (reached[-1] if reached
-                                                                                         else None), ""
+                    outcome = "success" if s["success"] else "failure"
+                    phase, note = furthest_phase(s["milestones"]), ""
                 new.append(_record(ckpt, k, outcome, phase, note, s, "sim-rehearsal", cfg))
                 append_trial(trials_path, new[-1])
     else:
-        from real.deploy import open_cameras, run
+        from real.deploy import keys_without_a_sensor, open_cameras, run
         from real.robot import FrankaRobot
 
-        extra = [k for k in first.obs_keys if k != "state" and not k.startswith("rgb/")]
-        if extra:
-            raise SystemExit(f"the checkpoints read {extra}, which only the simulator provides for now (part poses "
+        unsensed = keys_without_a_sensor(first)
+        if unsensed:
+            raise SystemExit(f"the checkpoints read {unsensed}, which only the simulator provides for now (part poses "
                              f"from AprilTags are issue 16): evaluate pixel policies on the arm, or use --rehearse")
         cameras = open_cameras(cfg, first)
         if cameras is not None:
@@ -190,12 +180,6 @@ def evaluate(args, operator: Callable[[str], str] = input) -> list[Trial]:
             if cameras is not None:
                 cameras.stop()
     return done + new
-
-
-def _cameras(pi) -> list[str]:
-    from real.deploy import policy_cameras
-
-    return policy_cameras(pi)
 
 
 def _record(ckpt: str, k: int, outcome: str, phase: str | None, note: str, s: dict, source: str, cfg) -> Trial:

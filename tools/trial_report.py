@@ -21,9 +21,10 @@ import html
 import io
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 OUTCOMES = ("success", "failure", "abort")
 
@@ -105,11 +106,25 @@ def _median(xs: list[float]) -> float | None:
     return xs[m] if len(xs) % 2 else (xs[m - 1] + xs[m]) / 2
 
 
+def furthest_phase(milestones: Mapping[str, bool]) -> str | None:
+    """The last milestone reached, in the task's order (the milestones dict's), None: none."""
+    reached = [m for m, hit in milestones.items() if hit]
+    return reached[-1] if reached else None
+
+
 def save_trials(trials: Iterable[Trial], path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(asdict(t)) + "\n" for t in trials))
     return path
+
+
+def append_trial(path: str | Path, trial: Trial) -> None:
+    """One finished trial, on disk before the next begins (flushed and synced)."""
+    with open(path, "a") as f:
+        f.write(json.dumps(asdict(trial)) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def load_trials(path: str | Path) -> list[Trial]:

@@ -159,11 +159,10 @@ class OneLegMujocoEnv(gym.Env):
         for name, cal in cals.items():
             c = m.camera(name).id
             body = m.cam_bodyid[c]
+            world = np.eye(4)  # the parent frame: the (unrotated) robot base, or the observation's EE frame
             if cal.parent == "base":
-                world = np.eye(4)
                 world[:3, 3] = self.base_pos
-            else:  # the EE frame (the observation's), wherever the arm is: the camera rides on the hand
-                world = np.eye(4)
+            else:  # wherever the arm is: the camera rides on the hand
                 world[:3, :3] = d.site_xmat[self.ee_site].reshape(3, 3)
                 world[:3, 3] = d.site_xpos[self.ee_site]
             cam_world = world @ cal.transform
@@ -278,15 +277,8 @@ class OneLegMujocoEnv(gym.Env):
             self._parts_delayed.append(parts)
             parts = self._parts_delayed.pop(0)
         if pr.parts_noise_pos > 0 or pr.parts_noise_rot_deg > 0:
-            from data.rotation import matrix_to_rot6d, rot6d_to_matrix, rotvec_to_matrix
-
-            parts = parts.astype(np.float64)
-            for i in range(len(parts) // 9):
-                p = parts[9 * i:9 * i + 9]
-                p[:3] += self._rng.normal(0.0, pr.parts_noise_pos, 3)
-                if pr.parts_noise_rot_deg > 0:
-                    turn = rotvec_to_matrix(self._rng.normal(0.0, np.radians(pr.parts_noise_rot_deg), 3))
-                    p[3:9] = matrix_to_rot6d(turn @ rot6d_to_matrix(p[3:9]))
+            parts = np.concatenate([self._jitter_pose(parts[i:i + 9].astype(np.float64), pr.parts_noise_pos,
+                                                      pr.parts_noise_rot_deg) for i in range(0, len(parts), 9)])
             parts = parts.astype(np.float32)
         return {**obs, "parts": parts}
 
@@ -387,8 +379,9 @@ class OneLegMujocoEnv(gym.Env):
             raise ValueError(f"action must have shape (10,), got {action.shape}")
         t0 = time.perf_counter()
         pr = self.cfg.physics_randomization
-        if pr.action_noise_pos > 0 or pr.action_noise_rot_deg > 0:
-            action = self._noisy(action, pr)
+        if pr.action_noise_pos > 0 or pr.action_noise_rot_deg > 0:  # the action as executed (not the gripper)
+            action = np.concatenate([self._jitter_pose(action[:9], pr.action_noise_pos, pr.action_noise_rot_deg),
+                                     action[9:]])
         pos_w, rot_w, width = self._clip_action(action)
         q_goal, ik_err = self.ik.solve(pos_w, rot_w, self._q_target)
         t1 = time.perf_counter()
@@ -444,15 +437,16 @@ class OneLegMujocoEnv(gym.Env):
             raise FloatingPointError(f"simulation diverged: |qvel| reached {vmax:.3g} "
                                      f"(> env.max_joint_velocity {self.cfg.max_joint_velocity})")
 
-    def _noisy(self, action: np.ndarray, pr) -> np.ndarray:
-        """The action as executed under action noise (position, then orientation; not the gripper)."""
+    def _jitter_pose(self, pose: np.ndarray, pos_std: float, rot_std_deg: float) -> np.ndarray:
+        """A (9,) position + 6D rotation with Gaussian noise: on the position, then a Gaussian
+        rotation vector turning the orientation (from the episode's generator, in that order)."""
         from data.rotation import matrix_to_rot6d, rot6d_to_matrix, rotvec_to_matrix
 
-        out = action.copy()
-        out[:3] += self._rng.normal(0.0, pr.action_noise_pos, 3)
-        if pr.action_noise_rot_deg > 0:
-            turn = rotvec_to_matrix(self._rng.normal(0.0, np.radians(pr.action_noise_rot_deg), 3))
-            out[3:9] = matrix_to_rot6d(turn @ rot6d_to_matrix(action[3:9]))
+        out = np.array(pose, dtype=np.float64)
+        out[:3] += self._rng.normal(0.0, pos_std, 3)
+        if rot_std_deg > 0:
+            turn = rotvec_to_matrix(self._rng.normal(0.0, np.radians(rot_std_deg), 3))
+            out[3:9] = matrix_to_rot6d(turn @ rot6d_to_matrix(pose[3:9]))
         return out
 
     def _clip_action(self, action: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:

@@ -103,11 +103,10 @@ class OneLegWarpVectorEnv:
         self.action_schema = ActionSchema(control_hz=cfg.control_hz)
         n = self.num_envs
         pr = cfg.physics_randomization
-        if (pr.action_noise_pos > 0 or pr.action_noise_rot_deg > 0 or pr.obs_latency_steps > 0
-                or pr.parts_noise_pos > 0 or pr.parts_noise_rot_deg > 0 or pr.parts_latency_steps > 0):
-            raise NotImplementedError("sim.backend=mujoco_warp does not implement action noise or observation latency "
-                                      "and noise (sim.physics_randomization.action_noise_*, obs_latency_steps, parts_*): "
-                                      "use sim.backend=mujoco")
+        if pr.per_step_settings:
+            raise NotImplementedError(f"sim.backend=mujoco_warp does not implement action noise or observation latency "
+                                      f"and noise (sim.physics_randomization.{pr.per_step_settings}): use "
+                                      f"sim.backend=mujoco")
         # per-world model rows: the thread's equalities, with cameras each episode's visuals, and
         # the physics fields a randomisation changes (written from each world's host reset)
         randomised = (*(VISUAL_FIELDS if pixels else ()), *pr.model_fields)
